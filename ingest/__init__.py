@@ -1,0 +1,1 @@
+"""aiwrap ingest: the HTTP edge that verifies, authenticates and enqueues."""

@@ -1,0 +1,87 @@
+"""The Starlette app: routes, lifespan and middleware, nothing else."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from workers.logs import configure_logging, get_logger
+from workers.settings import Settings
+
+from . import health, webhooks
+from .errors import ApiError, handle_api_error, handle_http_exception
+from .state import IngestState
+
+log = get_logger("ingest")
+
+
+class RequestContext:
+    """Binds a request id to every log line of a request, and logs the request once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the ingest app; settings default to the process environment."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = IngestState.build(settings)
+        app.state.aiwrap = state
+        await state.open()
+        if not settings.clerk_webhook_secret:
+            log.error("clerk_webhook_secret_missing",
+                      detail="CLERK_WEBHOOK_SECRET is not set: /webhooks/clerk answers 500.")
+        log.info("ingest_started")
+        try:
+            yield
+        finally:
+            await state.close()
+            log.info("ingest_stopped")
+
+    return Starlette(
+        routes=[*health.routes, *webhooks.routes],
+        middleware=[Middleware(RequestContext)],
+        exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,129 @@
+"""The `aiwrap` command: migrate, ingest, worker, dev, and a few helpers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from workers.errors import AiwrapError
+from workers.settings import Settings
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from workers.schema import apply_schema
+
+    settings = Settings.from_env()
+    print(apply_schema(settings.database_url).describe())
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from workers.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        "ingest.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_config=None,  # ours, configured above, renders uvicorn's lines too
+        timeout_graceful_shutdown=args.grace,
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.logs import configure_logging
+    from workers.supervisor import WorkerOptions, parse_queues, run_workers
+
+    settings = Settings.from_env()  # fail here, once, rather than in every child
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        queues = parse_queues(args.queues)
+    except ValueError as error:
+        print(f"aiwrap worker: {error}", file=sys.stderr)
+        return 2
+    return run_workers(WorkerOptions(
+        processes=args.processes, threads=args.threads, queues=queues, grace_seconds=args.grace,
+    ))
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    return run_dev(data_dir=args.data_dir, port=args.port)
+
+
+def cmd_model_server(args: argparse.Namespace) -> int:
+    from .model_server import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from workers.broker import QUEUES
+
+    parser = argparse.ArgumentParser(
+        prog="aiwrap",
+        description="The backend for AI wrappers: Clerk sync, streamed chat, metering, budgets.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="apply schema.sql to DATABASE_URL")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    ingest = commands.add_parser("ingest", help="serve the HTTP API (uvicorn)")
+    ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    ingest.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    ingest.add_argument("--grace", type=int, default=30,
+                        help="seconds open requests get to finish on shutdown (default %(default)s)")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    worker = commands.add_parser("worker", help="run Dramatiq worker processes")
+    worker.add_argument("--processes", type=int, default=1,
+                        help="worker processes (default %(default)s)")
+    worker.add_argument("--threads", type=int, default=8,
+                        help="threads per process = messages in flight per process "
+                             "(default %(default)s)")
+    worker.add_argument("--queues", nargs="+", default=list(QUEUES), metavar="QUEUE",
+                        help=f"queues to consume (default: {' '.join(QUEUES)})")
+    worker.add_argument("--grace", type=float, default=30.0,
+                        help="seconds in-flight messages get to finish on SIGTERM "
+                             "(default %(default)s)")
+    worker.set_defaults(handler=cmd_worker)
+
+    dev = commands.add_parser("dev", help="run the whole stack locally, embedded services included")
+    dev.add_argument("--data-dir", default=".aiwrap",
+                     help="where embedded Postgres and Redis keep their data (default %(default)s)")
+    dev.add_argument("--port", type=int, default=8000, help="ingest port (default %(default)s)")
+    dev.set_defaults(handler=cmd_dev)
+
+    model = commands.add_parser("model-server", help="serve the local OpenAI-compatible model")
+    model.add_argument("--host", default="127.0.0.1")
+    model.add_argument("--port", type=int, default=8001)
+    model.set_defaults(handler=cmd_model_server)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except AiwrapError as error:
+        print(f"aiwrap {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""JSON errors: every 4xx and 5xx says what was wrong, in one shape.
+
+`{"error": {"code": "...", "message": "..."}}`
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+class ApiError(Exception):
+    """An error the edge answers with a status, a stable code and a sentence."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+async def handle_api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def handle_http_exception(_request: Request, exc: Exception) -> Response:
+    """Starlette's own 404, 405 and 413, in aiwrap's shape."""
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+    messages = {
+        404: "No such route.",
+        405: "This route does not accept that method.",
+        413: "The request body is larger than this route accepts.",
+    }
+    status = exc.status_code
+    return error_response(
+        status,
+        codes.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_")),
+        messages.get(status, str(exc.detail)),
+        dict(exc.headers) if exc.headers else None,
+    )

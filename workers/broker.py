@@ -1,0 +1,185 @@
+"""The one place the Dramatiq broker and its middleware are built.
+
+Two queues: `identity` for Clerk events and `chat` for model calls, so a slow
+model never delays identity sync. Workers wake as soon as a message is
+enqueued instead of polling Redis with a growing sleep (see WakingConsumer).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis, dq_name
+from dramatiq.message import Message
+from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
+
+from .logs import get_logger
+from .runtime import Runtime
+from .settings import Settings
+
+IDENTITY_QUEUE = "identity"
+CHAT_QUEUE = "chat"
+QUEUES = (IDENTITY_QUEUE, CHAT_QUEUE)
+
+#: Redis key prefix for every key the broker writes.
+NAMESPACE = "aiwrap"
+
+#: A worker that sent no heartbeat for this long is presumed dead and its
+#: in-flight messages go back on their queue (Dramatiq's default is 60 s).
+HEARTBEAT_TIMEOUT_MS = 15_000
+
+#: Seconds before a Redis connect or reply counts as failed; idle consumers
+#: block on BLPOP for at most the worker timeout, well inside this.
+REDIS_CONNECT_TIMEOUT_S = 5
+REDIS_SOCKET_TIMEOUT_S = 10
+
+log = get_logger(__name__)
+
+
+def wake_key(namespace: str, queue_name: str) -> str:
+    """The Redis list a consumer blocks on while its queue is empty."""
+    return f"{namespace}:{queue_name}.wake"
+
+
+class WakingConsumer(_RedisConsumer):  # type: ignore[misc]
+    """A Redis consumer that sleeps on BLPOP instead of time.sleep.
+
+    Dramatiq's consumer backs off up to the worker timeout when its queue is
+    empty, which adds up to a second to the first message after a quiet spell.
+    This one blocks on a wake-up list that every enqueue pushes to, so it runs
+    a new message within a round trip, and costs nothing while idle.
+    """
+
+    def __init__(self, broker: WakingRedisBroker, queue_name: str, prefetch: int,
+                 timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, 0)
+        self.idle_timeout_s = max(timeout, 1) / 1000
+        self.wake = wake_key(broker.namespace, queue_name)
+
+    def __next__(self) -> Any:
+        busy = self.outstanding_message_count >= self.prefetch
+        message = super().__next__()
+        if message is None:
+            if busy:
+                # Nothing was fetched because every slot is taken: wait for one.
+                time.sleep(0.002)
+            else:
+                self.broker.client.blpop([self.wake], timeout=self.idle_timeout_s)
+        return message
+
+
+class WakingRedisBroker(RedisBroker):  # type: ignore[misc]
+    """Dramatiq's Redis broker, waking an idle consumer on every enqueue."""
+
+    #: Wake-up tokens kept per queue; more than the consumers waiting is waste.
+    MAX_WAKE_TOKENS = 64
+
+    #: Seconds between queue maintenance runs, which is when the messages of a
+    #: dead worker go back on their queue. Dramatiq leaves maintenance to
+    #: chance (one command in a thousand); a clock bounds the wait instead.
+    MAINTENANCE_INTERVAL_S = 5.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._last_maintenance: dict[str, float] = {}
+
+    @property
+    def consumer_class(self) -> type[WakingConsumer]:
+        return WakingConsumer
+
+    def _dispatch(self, command: str) -> Any:
+        # Dramatiq's own _dispatch, except that maintenance is due by the clock,
+        # per queue, rather than by chance: maintenance is what puts a dead
+        # worker's messages back, so its period bounds how long they wait.
+        dispatch = self.scripts["dispatch"]
+        keys = [self.namespace]
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            return dispatch(
+                args=[
+                    command,
+                    current_millis(),
+                    queue_name,
+                    self.broker_id,
+                    self.heartbeat_timeout,
+                    self.dead_message_ttl,
+                    self._maintenance_due(command, queue_name),
+                    self._max_unpack_size(),
+                    *args,
+                ],
+                keys=keys,
+            )
+
+        return do_dispatch
+
+    def _maintenance_due(self, command: str, queue_name: str) -> int:
+        # Only fetches carry it: every idle consumer fetches at least once a
+        # worker timeout, and a fetch never runs inside a caller's request.
+        if command != "fetch":
+            return 0
+        now = time.monotonic()
+        if now - self._last_maintenance.get(queue_name, 0.0) < self.MAINTENANCE_INTERVAL_S:
+            return 0
+        self._last_maintenance[queue_name] = now
+        return 1
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        enqueued = super().enqueue(message, delay=delay)
+        key = wake_key(self.namespace, enqueued.queue_name)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, 1)
+            pipe.ltrim(key, 0, self.MAX_WAKE_TOKENS - 1)
+            pipe.execute()
+        return enqueued
+
+
+class RuntimeMiddleware(Middleware):  # type: ignore[misc]
+    """Opens the worker's Runtime on its event loop after boot; closes it at shutdown."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def after_worker_boot(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
+        loop = get_event_loop_thread()
+        assert loop is not None, "AsyncIO middleware must come before RuntimeMiddleware"
+        loop.run_coroutine(self.runtime.open())
+        log.info("worker_runtime_opened", queues=sorted(worker.consumers))
+
+    def before_worker_shutdown(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
+        loop = get_event_loop_thread()
+        if loop is not None:
+            loop.run_coroutine(self.runtime.close())
+
+
+def build_broker(settings: Settings) -> WakingRedisBroker:
+    """Build the broker, its middleware and every actor, from settings."""
+    from . import identity  # actors import the broker's names, so import them late
+
+    broker = WakingRedisBroker(
+        client=redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        ),
+        namespace=NAMESPACE,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+    )
+    runtime = Runtime(settings)
+    for middleware in (AsyncIO(), CurrentMessage(), RuntimeMiddleware(runtime)):
+        broker.add_middleware(middleware)
+    identity.declare(broker, runtime)
+    for queue_name in QUEUES:
+        broker.declare_queue(queue_name)
+    return broker
+
+
+def queue_sizes(broker: RedisBroker) -> dict[str, int]:
+    """Messages waiting in each queue, its delay queue included."""
+    return {
+        name: int(broker.do_qsize(name)) + int(broker.do_qsize(dq_name(name))) for name in QUEUES
+    }

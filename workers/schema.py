@@ -1,0 +1,72 @@
+"""Applying schema.sql, and saying what that changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from .db import connect
+from .errors import SchemaError
+
+#: Objects in the public schema, as `kind name` strings, for the before/after diff.
+CATALOG = """
+SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'r'
+UNION ALL
+SELECT 'column ' || c.relname || '.' || a.attname
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'i'
+UNION ALL
+SELECT 'constraint ' || con.conname FROM pg_constraint con
+  JOIN pg_namespace n ON n.oid = con.connamespace WHERE n.nspname = 'public'
+"""
+
+#: Serializes concurrent migrations; transaction-scoped, so PgBouncer-safe.
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('aiwrap.migrate'))"
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What one application of the schema changed."""
+
+    created: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created)
+
+    def describe(self) -> str:
+        if not self.created:
+            return "Schema is up to date: nothing to do."
+        lines = [f"Applied schema.sql: created {len(self.created)} objects."]
+        lines += [f"  + {item}" for item in self.created]
+        return "\n".join(lines)
+
+
+def schema_path() -> Path:
+    """Where schema.sql is: inside the installed package, or at the repository root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schema.sql", here.parent / "schema.sql"):
+        if candidate.exists():
+            return candidate
+    raise SchemaError("schema.sql is missing from this installation.")
+
+
+def apply_schema(database_url: str) -> MigrationReport:
+    """Apply schema.sql in one transaction; report the objects it created."""
+    sql = schema_path().read_text()
+    try:
+        with connect(database_url, autocommit=False) as conn, conn.transaction():
+            conn.execute(MIGRATION_LOCK)
+            before = {row[0] for row in conn.execute(CATALOG)}
+            conn.execute(sql.encode())
+            after = {row[0] for row in conn.execute(CATALOG)}
+    except psycopg.Error as error:
+        raise SchemaError(f"Could not apply schema.sql: {error}") from error
+    return MigrationReport(created=tuple(sorted(after - before)))
