@@ -70,8 +70,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.aiwrap = state
         await state.open()
         if not settings.clerk_webhook_secret:
-            log.error("clerk_webhook_secret_missing",
-                      detail="CLERK_WEBHOOK_SECRET is not set: /webhooks/clerk answers 500.")
+            log.error(
+                "clerk_webhook_secret_missing",
+                detail="CLERK_WEBHOOK_SECRET is not set: /webhooks/clerk answers 500.",
+            )
         log.info("ingest_started")
         try:
             yield

@@ -49,9 +49,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"aiwrap worker: {error}", file=sys.stderr)
         return 2
-    return run_workers(WorkerOptions(
-        processes=args.processes, threads=args.threads, queues=queues, grace_seconds=args.grace,
-    ))
+    return run_workers(
+        WorkerOptions(
+            processes=args.processes,
+            threads=args.threads,
+            queues=queues,
+            grace_seconds=args.grace,
+        )
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -82,26 +87,45 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="serve the HTTP API (uvicorn)")
     ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     ingest.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
-    ingest.add_argument("--grace", type=int, default=30,
-                        help="seconds open requests get to finish on shutdown (default %(default)s)")
+    ingest.add_argument(
+        "--grace",
+        type=int,
+        default=30,
+        help="seconds open requests get to finish on shutdown (default %(default)s)",
+    )
     ingest.set_defaults(handler=cmd_ingest)
 
     worker = commands.add_parser("worker", help="run Dramatiq worker processes")
-    worker.add_argument("--processes", type=int, default=1,
-                        help="worker processes (default %(default)s)")
-    worker.add_argument("--threads", type=int, default=8,
-                        help="threads per process = messages in flight per process "
-                             "(default %(default)s)")
-    worker.add_argument("--queues", nargs="+", default=list(QUEUES), metavar="QUEUE",
-                        help=f"queues to consume (default: {' '.join(QUEUES)})")
-    worker.add_argument("--grace", type=float, default=30.0,
-                        help="seconds in-flight messages get to finish on SIGTERM "
-                             "(default %(default)s)")
+    worker.add_argument(
+        "--processes", type=int, default=1, help="worker processes (default %(default)s)"
+    )
+    worker.add_argument(
+        "--threads",
+        type=int,
+        default=8,
+        help="threads per process = messages in flight per process (default %(default)s)",
+    )
+    worker.add_argument(
+        "--queues",
+        nargs="+",
+        default=list(QUEUES),
+        metavar="QUEUE",
+        help=f"queues to consume (default: {' '.join(QUEUES)})",
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds in-flight messages get to finish on SIGTERM (default %(default)s)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     dev = commands.add_parser("dev", help="run the whole stack locally, embedded services included")
-    dev.add_argument("--data-dir", default=".aiwrap",
-                     help="where embedded Postgres and Redis keep their data (default %(default)s)")
+    dev.add_argument(
+        "--data-dir",
+        default=".aiwrap",
+        help="where embedded Postgres and Redis keep their data (default %(default)s)",
+    )
     dev.add_argument("--port", type=int, default=8000, help="ingest port (default %(default)s)")
     dev.set_defaults(handler=cmd_dev)
 

@@ -67,14 +67,14 @@ def banner(port: int, env: dict[str, str], started: list[str]) -> str:
     base = f"http://127.0.0.1:{port}"
     key = env["AIWRAP_API_KEYS"].split(",")[0]
     return f"""
-aiwrap dev is running ({', '.join(started)}).
+aiwrap dev is running ({", ".join(started)}).
 
   ingest          {base}   (/healthz, /readyz, /webhooks/clerk, /v1/...)
-  model endpoint  {env.get('OPENAI_BASE_URL') or 'OpenAI (OPENAI_API_KEY is set)'}
-  DATABASE_URL    {env['DATABASE_URL']}
-  REDIS_URL       {env['REDIS_URL']}
+  model endpoint  {env.get("OPENAI_BASE_URL") or "OpenAI (OPENAI_API_KEY is set)"}
+  DATABASE_URL    {env["DATABASE_URL"]}
+  REDIS_URL       {env["REDIS_URL"]}
 
-  CLERK_WEBHOOK_SECRET={env['CLERK_WEBHOOK_SECRET']}
+  CLERK_WEBHOOK_SECRET={env["CLERK_WEBHOOK_SECRET"]}
   AIWRAP_API_KEYS={key}
 
 Try it:
@@ -147,10 +147,8 @@ def run_dev(data_dir: str, port: int) -> int:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
             dead = next(child for child in children if child.poll() is not None)
-            print(f"aiwrap dev: {' '.join(map(str, dead.args))} exited; stopping.",
-                  file=sys.stderr)
+            print(f"aiwrap dev: {dead.args!r} exited; stopping.", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("\naiwrap dev: stopping…", flush=True)
             return 0
-    return 0

@@ -56,7 +56,8 @@ class EmbeddedPostgres:
                 "install aiwrap[embedded] or set DATABASE_URL."
             ) from None
         self.datadir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.datadir, cleanup_mode="stop")
+        get_server: Any = pgserver.get_server  # type: ignore[attr-defined]
+        self._server = get_server(self.datadir, cleanup_mode="stop")
         return self.url
 
     def stop(self) -> None:
@@ -99,13 +100,20 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(
             [
                 self.executable(),
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                "--dir", str(self.datadir),
-                "--appendonly", "yes",
-                "--save", "",
-                "--logfile", str(self.datadir / "redis.log"),
-                "--daemonize", "no",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.datadir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--logfile",
+                str(self.datadir / "redis.log"),
+                "--daemonize",
+                "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -118,9 +126,10 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise RuntimeError(f"redis-server exited; see {self.datadir / 'redis.log'}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+            ):
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
                     return

@@ -30,10 +30,11 @@ async def readyz(request: Request) -> JSONResponse:
         for name, result in zip(checks, results, strict=True)
         if isinstance(result, BaseException)
     }
-    body = {name: ("ok" if name not in failures else failures[name]) for name in checks}
+    body = {name: failures.get(name, "ok") for name in checks}
     status = 200 if not failures else 503
-    return JSONResponse({"status": "ready" if not failures else "unavailable", "checks": body},
-                        status_code=status)
+    return JSONResponse(
+        {"status": "ready" if not failures else "unavailable", "checks": body}, status_code=status
+    )
 
 
 routes = [Route("/healthz", healthz), Route("/readyz", readyz)]

@@ -17,24 +17,26 @@ class QueueUnavailable(ApiError):
 
     def __init__(self) -> None:
         super().__init__(
-            503, "queue_unavailable",
+            503,
+            "queue_unavailable",
             "The job queue is unavailable; nothing was accepted. Retry shortly.",
             headers={"Retry-After": "1"},
         )
 
 
-async def enqueue(broker: RedisBroker, queue_name: str, actor_name: str,
-                  *args: Any, **options: Any) -> Message:
+async def enqueue(
+    broker: RedisBroker, queue_name: str, actor_name: str, *args: Any, **options: Any
+) -> Message[Any]:
     """Send one message; raise QueueUnavailable when Redis cannot take it.
 
     The redis client is synchronous, so the call runs on a worker thread: a
     Redis stall then delays this request only, never the event loop.
     """
-    message = Message(
+    message: Message[Any] = Message(
         queue_name=queue_name, actor_name=actor_name, args=args, kwargs={}, options=options
     )
     try:
-        enqueued: Message = await anyio.to_thread.run_sync(broker.enqueue, message)
+        enqueued: Message[Any] = await anyio.to_thread.run_sync(broker.enqueue, message)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise QueueUnavailable() from error
     return enqueued

@@ -12,6 +12,7 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.broker import Broker
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name
@@ -46,7 +47,7 @@ def wake_key(namespace: str, queue_name: str) -> str:
     return f"{namespace}:{queue_name}.wake"
 
 
-class WakingConsumer(_RedisConsumer):  # type: ignore[misc]
+class WakingConsumer(_RedisConsumer):
     """A Redis consumer that sleeps on BLPOP instead of time.sleep.
 
     Dramatiq's consumer backs off up to the worker timeout when its queue is
@@ -55,8 +56,9 @@ class WakingConsumer(_RedisConsumer):  # type: ignore[misc]
     a new message within a round trip, and costs nothing while idle.
     """
 
-    def __init__(self, broker: WakingRedisBroker, queue_name: str, prefetch: int,
-                 timeout: int) -> None:
+    def __init__(
+        self, broker: WakingRedisBroker, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
         super().__init__(broker, queue_name, prefetch, 0)
         self.idle_timeout_s = max(timeout, 1) / 1000
         self.wake = wake_key(broker.namespace, queue_name)
@@ -73,7 +75,7 @@ class WakingConsumer(_RedisConsumer):  # type: ignore[misc]
         return message
 
 
-class WakingRedisBroker(RedisBroker):  # type: ignore[misc]
+class WakingRedisBroker(RedisBroker):
     """Dramatiq's Redis broker, waking an idle consumer on every enqueue."""
 
     #: Wake-up tokens kept per queue; more than the consumers waiting is waste.
@@ -128,7 +130,7 @@ class WakingRedisBroker(RedisBroker):  # type: ignore[misc]
         self._last_maintenance[queue_name] = now
         return 1
 
-    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         enqueued = super().enqueue(message, delay=delay)
         key = wake_key(self.namespace, enqueued.queue_name)
         with self.client.pipeline(transaction=False) as pipe:
@@ -138,19 +140,19 @@ class WakingRedisBroker(RedisBroker):  # type: ignore[misc]
         return enqueued
 
 
-class RuntimeMiddleware(Middleware):  # type: ignore[misc]
+class RuntimeMiddleware(Middleware):
     """Opens the worker's Runtime on its event loop after boot; closes it at shutdown."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def after_worker_boot(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
+    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         loop = get_event_loop_thread()
         assert loop is not None, "AsyncIO middleware must come before RuntimeMiddleware"
         loop.run_coroutine(self.runtime.open())
         log.info("worker_runtime_opened", queues=sorted(worker.consumers))
 
-    def before_worker_shutdown(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
+    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         loop = get_event_loop_thread()
         if loop is not None:
             loop.run_coroutine(self.runtime.close())

@@ -16,20 +16,36 @@ from typing import Any
 import structlog
 
 #: Keys whose values are never written, at any depth.
-SECRET_KEYS = frozenset({
-    "authorization", "api_key", "api_keys", "openai_api_key", "secret", "webhook_secret",
-    "clerk_webhook_secret", "password", "token", "jwt", "signature", "svix-signature",
-    "svix_signature", "private_metadata", "cookie", "set-cookie", "x-api-key",
-})
+SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "api_key",
+        "api_keys",
+        "openai_api_key",
+        "secret",
+        "webhook_secret",
+        "clerk_webhook_secret",
+        "password",
+        "token",
+        "jwt",
+        "signature",
+        "svix-signature",
+        "svix_signature",
+        "private_metadata",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+    }
+)
 
 #: Values that look like a secret wherever they appear in a string.
 SECRET_SHAPES = re.compile(
-    r"whsec_[A-Za-z0-9+/=]+"                       # Svix signing secrets
-    r"|v1,[A-Za-z0-9+/=]{20,}"                     # Svix signatures
-    r"|\bsk-[A-Za-z0-9_\-]{8,}"                    # OpenAI-style API keys
-    r"|\baiw_[A-Za-z0-9_\-]{8,}"                   # aiwrap service keys
+    r"whsec_[A-Za-z0-9+/=]+"  # Svix signing secrets
+    r"|v1,[A-Za-z0-9+/=]{20,}"  # Svix signatures
+    r"|\bsk-[A-Za-z0-9_\-]{8,}"  # OpenAI-style API keys
+    r"|\baiw_[A-Za-z0-9_\-]{8,}"  # aiwrap service keys
     r"|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"  # JWTs
-    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)"             # credentials inside URLs
+    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)"  # credentials inside URLs
 )
 REDACTED = "[redacted]"
 
@@ -55,11 +71,23 @@ def _redact_event(
     return event_dict
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now, so a redirected stderr is honoured."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 _configured: tuple[str, str] | None = None
 
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
-    """Route structlog and the standard library (Dramatiq, uvicorn, psycopg) through one renderer."""
+    """Send structlog and stdlib logging (Dramatiq, uvicorn, psycopg) through one renderer."""
     global _configured
     if _configured == (log_format, level):
         return
@@ -93,7 +121,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

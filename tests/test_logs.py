@@ -1,0 +1,75 @@
+"""Logs are structlog JSON, libraries included, and never carry a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+
+from workers.logs import configure_logging, get_logger
+
+SECRETS = [
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    "sk-proj-abcdefghijklmnop",
+    "aiw_dev_0123456789abcdef",
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyXzEyMyJ9.c2lnbmF0dXJl",
+]
+
+
+@pytest.fixture
+def json_logs() -> None:
+    configure_logging("json", "INFO")
+
+
+def lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_our_lines_are_json_with_bound_context(
+    json_logs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with structlog.contextvars.bound_contextvars(request_id="req-1"):
+        get_logger("aiwrap.test").info("something_happened", count=3)
+    [line] = lines(capsys.readouterr().err)
+    assert line["event"] == "something_happened"
+    assert line["request_id"] == "req-1"
+    assert line["count"] == 3
+    assert line["level"] == "info"
+
+
+def test_library_lines_go_through_the_same_renderer(
+    json_logs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with structlog.contextvars.bound_contextvars(message_id="m-1"):
+        logging.getLogger("dramatiq.worker.Worker").warning("Consumer %s stopped.", "identity")
+    [line] = lines(capsys.readouterr().err)
+    assert line["event"] == "Consumer identity stopped."
+    assert line["logger"] == "dramatiq.worker.Worker"
+    assert line["message_id"] == "m-1"
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_secrets_never_reach_the_output(
+    json_logs: None, capsys: pytest.CaptureFixture[str], secret: str
+) -> None:
+    log = get_logger("aiwrap.test")
+    log.info("header_seen", authorization=f"Bearer {secret}")
+    log.info(f"a message that quotes {secret} inline")
+    log.info("event_body", data={"private_metadata": {"plan": "pro"}, "note": secret})
+    logging.getLogger("uvicorn.error").info("client said %s", secret)
+    output = capsys.readouterr().err
+    assert secret not in output
+    assert "pro" not in output
+    assert output.count("[redacted]") >= 4
+
+
+def test_database_url_passwords_are_redacted(
+    json_logs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    get_logger("aiwrap.test").info("connecting", url="postgresql://app:hunter2@db:5432/app")
+    output = capsys.readouterr().err
+    assert "hunter2" not in output
+    assert "db:5432/app" in output

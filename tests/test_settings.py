@@ -1,0 +1,65 @@
+"""Settings are read once from the environment and fail loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workers.errors import ConfigurationError
+from workers.settings import SETTINGS, Settings
+
+REQUIRED = {"DATABASE_URL": "postgresql://x@/db", "REDIS_URL": "redis://127.0.0.1:1/0"}
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL"])
+def test_a_missing_required_setting_stops_with_a_sentence_naming_it(missing: str) -> None:
+    env = {k: v for k, v in REQUIRED.items() if k != missing}
+    with pytest.raises(ConfigurationError, match=rf"Setting {missing} is missing"):
+        Settings.from_env(env)
+
+
+def test_defaults_apply_when_only_the_required_settings_are_given() -> None:
+    settings = Settings.from_env(REQUIRED)
+    assert settings.default_monthly_token_budget == 0
+    assert settings.api_keys == ()
+    assert settings.prices_path is None
+    assert settings.log_format == "json"
+
+
+def test_lists_and_numbers_are_parsed() -> None:
+    settings = Settings.from_env({
+        **REQUIRED,
+        "AIWRAP_API_KEYS": " k1, k2 ,,",
+        "CLERK_AUTHORIZED_PARTIES": "https://app.example.com",
+        "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET": "50000",
+        "AIWRAP_PRICES": "/etc/aiwrap/prices.json",
+        "CLERK_JWT_KEY": "-----BEGIN PUBLIC KEY-----\\nabc\\n-----END PUBLIC KEY-----",
+    })
+    assert settings.api_keys == ("k1", "k2")
+    assert settings.clerk_authorized_parties == ("https://app.example.com",)
+    assert settings.default_monthly_token_budget == 50000
+    assert settings.prices_path == Path("/etc/aiwrap/prices.json")
+    assert settings.clerk_jwt_key.count("\n") == 2
+
+
+@pytest.mark.parametrize("value", ["lots", "-1"])
+def test_a_bad_budget_is_refused_with_the_variable_named(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET"):
+        Settings.from_env({**REQUIRED, "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET": value})
+
+
+def test_settings_are_frozen_and_their_repr_hides_secrets() -> None:
+    settings = Settings.from_env({
+        **REQUIRED, "CLERK_WEBHOOK_SECRET": "whsec_c2VjcmV0", "AIWRAP_API_KEYS": "aiw_abcdefgh1234"
+    })
+    with pytest.raises(AttributeError):
+        settings.redis_url = "redis://elsewhere"  # type: ignore[misc]
+    assert "whsec_" not in repr(settings)
+    assert "aiw_abcdefgh1234" not in repr(settings)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
