@@ -24,20 +24,26 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", None, "Postgres URL (Neon's pooled endpoint works)."),
     Setting("REDIS_URL", None, "Redis URL for the Dramatiq broker and chat streams."),
-    Setting("CLERK_WEBHOOK_SECRET", "", "Svix signing secret of the Clerk webhook (whsec_...).",
-            secret=True),
+    Setting(
+        "CLERK_WEBHOOK_SECRET",
+        "",
+        "Svix signing secret of the Clerk webhook (whsec_...).",
+        secret=True,
+    ),
     Setting("OPENAI_API_KEY", "", "API key for the OpenAI-compatible endpoint.", secret=True),
     Setting("OPENAI_BASE_URL", "", "Base URL of the OpenAI-compatible endpoint (default OpenAI)."),
     Setting("AIWRAP_API_KEYS", "", "Comma-separated service API keys.", secret=True),
     Setting("CLERK_JWT_KEY", "", "PEM public key that verifies Clerk session JWTs."),
     Setting("CLERK_AUTHORIZED_PARTIES", "", "Comma-separated origins allowed as a JWT's azp."),
-    Setting("AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET", "0",
-            "Token budget given to new users each calendar month; 0 means no cap."),
+    Setting(
+        "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET",
+        "0",
+        "Token budget given to new users each calendar month; 0 means no cap.",
+    ),
     Setting("AIWRAP_PRICES", "", "Path to a JSON price file that overrides the built-in prices."),
     Setting("AIWRAP_LOG_FORMAT", "json", "`json` (one object a line) or `console`."),
     Setting("AIWRAP_LOG_LEVEL", "INFO", "Lowest log level written."),
-    Setting("AIWRAP_STREAM_TTL_SECONDS", "3600",
-            "How long a finished chat stream stays readable."),
+    Setting("AIWRAP_STREAM_TTL_SECONDS", "3600", "How long a finished chat stream stays readable."),
     Setting("AIWRAP_MAX_CHAT_BYTES", "262144", "Largest chat request body accepted, in bytes."),
 )
 
@@ -91,7 +97,8 @@ class Settings:
             clerk_jwt_key=get("CLERK_JWT_KEY").replace("\\n", "\n"),
             clerk_authorized_parties=_csv(get("CLERK_AUTHORIZED_PARTIES")),
             default_monthly_token_budget=_int(
-                "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET", get("AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET"),
+                "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET",
+                get("AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET"),
                 minimum=0,
             ),
             prices_path=Path(p) if (p := get("AIWRAP_PRICES")) else None,
@@ -100,7 +107,9 @@ class Settings:
             stream_ttl_seconds=_int(
                 "AIWRAP_STREAM_TTL_SECONDS", get("AIWRAP_STREAM_TTL_SECONDS"), minimum=1
             ),
-            max_chat_bytes=_int("AIWRAP_MAX_CHAT_BYTES", get("AIWRAP_MAX_CHAT_BYTES"), minimum=1024),
+            max_chat_bytes=_int(
+                "AIWRAP_MAX_CHAT_BYTES", get("AIWRAP_MAX_CHAT_BYTES"), minimum=1024
+            ),
         )
 
 

@@ -65,8 +65,13 @@ def run_worker_process(options: WorkerOptions, index: int) -> None:
         worker_timeout=WORKER_TIMEOUT_MS,
     )
     worker.start()
-    log.info("worker_process_started", index=index, pid=os.getpid(),
-             queues=list(options.queues), threads=options.threads)
+    log.info(
+        "worker_process_started",
+        index=index,
+        pid=os.getpid(),
+        queues=list(options.queues),
+        threads=options.threads,
+    )
     stop.wait()
     log.info("worker_process_draining", index=index, grace_seconds=options.grace_seconds)
     worker.stop(timeout=int(options.grace_seconds * 1000))
@@ -90,8 +95,10 @@ class Supervisor:
 
     def start_process(self, index: int) -> None:
         process = self.context.Process(
-            target=run_worker_process, args=(self.options, index),
-            name=f"aiwrap-worker-{index}", daemon=False,
+            target=run_worker_process,
+            args=(self.options, index),
+            name=f"aiwrap-worker-{index}",
+            daemon=False,
         )
         process.start()
         self.processes[index] = process
@@ -112,8 +119,13 @@ class Supervisor:
                 # keeps dying at once waits longer each time.
                 if time.monotonic() - self.started_at[index] > 60:
                     delays[index] = self.MIN_RESTART_DELAY
-                log.warning("worker_process_died", index=index, pid=process.pid,
-                            exitcode=process.exitcode, restart_in_s=delays[index])
+                log.warning(
+                    "worker_process_died",
+                    index=index,
+                    pid=process.pid,
+                    exitcode=process.exitcode,
+                    restart_in_s=delays[index],
+                )
                 if self.stopping.wait(delays[index]):
                     break
                 self.start_process(index)
@@ -134,8 +146,11 @@ class Supervisor:
         for process in self.processes.values():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.error("worker_process_killed", pid=process.pid,
-                          reason="did not stop within the grace period")
+                log.error(
+                    "worker_process_killed",
+                    pid=process.pid,
+                    reason="did not stop within the grace period",
+                )
                 process.kill()
                 process.join()
         log.info("supervisor_stopped")
