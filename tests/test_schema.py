@@ -35,9 +35,16 @@ def fresh_database(database_url: str) -> Iterator[str]:
 def migrate(database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ingest.cli", "migrate"],
-        env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "redis://127.0.0.1:1/0",
-             **env},
-        capture_output=True, text=True, timeout=60, check=False,
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -63,8 +70,12 @@ def test_migrate_creates_the_schema_then_is_a_no_op_the_second_time(fresh_databa
 def test_migrate_without_a_database_url_names_the_variable() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "migrate"], env=env,
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "ingest.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "DATABASE_URL is missing" in result.stderr
@@ -112,16 +123,23 @@ def test_the_seed_tables_have_its_columns_types_and_defaults(migrated: str) -> N
 
 def test_the_seed_indexes_constraints_and_cascades_exist(migrated: str) -> None:
     with psycopg.connect(migrated) as conn:
-        indexes = dict(conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
-        ).fetchall())
-        checks = dict(conn.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'c'"
-        ).fetchall())
-        cascades = {row[0] for row in conn.execute(
-            "SELECT conrelid::regclass::text FROM pg_constraint"
-            " WHERE contype = 'f' AND confdeltype = 'c' AND confrelid = '\"user\"'::regclass"
-        )}
+        indexes = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+            ).fetchall()
+        )
+        checks = dict(
+            conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'c'"
+            ).fetchall()
+        )
+        cascades = {
+            row[0]
+            for row in conn.execute(
+                "SELECT conrelid::regclass::text FROM pg_constraint"
+                " WHERE contype = 'f' AND confdeltype = 'c' AND confrelid = '\"user\"'::regclass"
+            )
+        }
     assert "(default_model)" in indexes["idx_profile_model"]
     assert "(user_id, created_at)" in indexes["idx_usage_user_time"]
     assert "(model)" in indexes["idx_usage_model"]
@@ -132,8 +150,9 @@ def test_the_seed_indexes_constraints_and_cascades_exist(migrated: str) -> None:
     assert cascades >= {"user_profiles", "token_usage", "prompt_logs"}
 
 
-def test_the_status_check_refuses_an_unknown_status(db: psycopg.Connection[Any],
-                                                    user_id: str) -> None:
+def test_the_status_check_refuses_an_unknown_status(
+    db: psycopg.Connection[Any], user_id: str
+) -> None:
     db.execute('INSERT INTO "user" (id) VALUES (%s)', [user_id])
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute(

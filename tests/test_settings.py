@@ -28,14 +28,16 @@ def test_defaults_apply_when_only_the_required_settings_are_given() -> None:
 
 
 def test_lists_and_numbers_are_parsed() -> None:
-    settings = Settings.from_env({
-        **REQUIRED,
-        "AIWRAP_API_KEYS": " k1, k2 ,,",
-        "CLERK_AUTHORIZED_PARTIES": "https://app.example.com",
-        "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET": "50000",
-        "AIWRAP_PRICES": "/etc/aiwrap/prices.json",
-        "CLERK_JWT_KEY": "-----BEGIN PUBLIC KEY-----\\nabc\\n-----END PUBLIC KEY-----",
-    })
+    settings = Settings.from_env(
+        {
+            **REQUIRED,
+            "AIWRAP_API_KEYS": " k1, k2 ,,",
+            "CLERK_AUTHORIZED_PARTIES": "https://app.example.com",
+            "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET": "50000",
+            "AIWRAP_PRICES": "/etc/aiwrap/prices.json",
+            "CLERK_JWT_KEY": "-----BEGIN PUBLIC KEY-----\\nabc\\n-----END PUBLIC KEY-----",
+        }
+    )
     assert settings.api_keys == ("k1", "k2")
     assert settings.clerk_authorized_parties == ("https://app.example.com",)
     assert settings.default_monthly_token_budget == 50000
@@ -50,9 +52,13 @@ def test_a_bad_budget_is_refused_with_the_variable_named(value: str) -> None:
 
 
 def test_settings_are_frozen_and_their_repr_hides_secrets() -> None:
-    settings = Settings.from_env({
-        **REQUIRED, "CLERK_WEBHOOK_SECRET": "whsec_c2VjcmV0", "AIWRAP_API_KEYS": "aiw_abcdefgh1234"
-    })
+    settings = Settings.from_env(
+        {
+            **REQUIRED,
+            "CLERK_WEBHOOK_SECRET": "whsec_c2VjcmV0",
+            "AIWRAP_API_KEYS": "aiw_abcdefgh1234",
+        }
+    )
     with pytest.raises(AttributeError):
         settings.redis_url = "redis://elsewhere"  # type: ignore[misc]
     assert "whsec_" not in repr(settings)

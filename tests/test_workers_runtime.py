@@ -1,0 +1,134 @@
+"""The broker's wake-ups and maintenance clock, and the worker supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+from dramatiq import Message
+
+from workers.broker import WakingConsumer, WakingRedisBroker, wake_key
+from workers.settings import Settings
+
+
+def probe_message(queue_name: str) -> Message[Any]:
+    return Message(queue_name=queue_name, actor_name="probe", args=(), kwargs={}, options={})
+
+
+def test_an_idle_consumer_wakes_on_enqueue_instead_of_sleeping_out_its_timeout(
+    broker: WakingRedisBroker,
+) -> None:
+    queue = f"probe{os.getpid()}"
+    broker.declare_queue(queue)
+    broker.flush(queue)
+    consumer = broker.consume(queue, prefetch=1, timeout=30_000)
+    assert isinstance(consumer, WakingConsumer)
+    returned = threading.Event()
+
+    def wait_for_work() -> None:
+        assert next(consumer) is None  # nothing yet: it blocks on the wake-up list
+        returned.set()
+
+    waiter = threading.Thread(target=wait_for_work, daemon=True)
+    waiter.start()
+    assert not returned.wait(0.3), "an empty queue should block the consumer"
+    broker.enqueue(probe_message(queue))
+    # Dramatiq's own consumer would sleep out its backoff, up to the 30 s timeout.
+    assert returned.wait(5), "enqueue did not wake the idle consumer"
+    message = next(consumer)
+    assert message is not None and message.actor_name == "probe"
+    consumer.ack(message)
+    consumer.close()
+
+
+def test_enqueue_keeps_the_wake_up_list_bounded(broker: WakingRedisBroker) -> None:
+    queue = f"bounded{os.getpid()}"
+    broker.declare_queue(queue)
+    for _ in range(WakingRedisBroker.MAX_WAKE_TOKENS + 20):
+        broker.enqueue(probe_message(queue))
+    assert broker.client.llen(wake_key(broker.namespace, queue)) == broker.MAX_WAKE_TOKENS
+    broker.flush(queue)
+    broker.client.delete(wake_key(broker.namespace, queue))
+
+
+def test_queue_maintenance_is_due_by_the_clock_per_queue(broker: WakingRedisBroker) -> None:
+    assert broker._maintenance_due("fetch", "a") == 1
+    assert broker._maintenance_due("fetch", "a") == 0
+    assert broker._maintenance_due("fetch", "b") == 1
+    assert broker._maintenance_due("enqueue", "c") == 0
+    broker._last_maintenance["a"] -= broker.MAINTENANCE_INTERVAL_S
+    assert broker._maintenance_due("fetch", "a") == 1
+
+
+@pytest.fixture
+def supervisor(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "AIWRAP_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "worker",
+            "--processes",
+            "2",
+            "--threads",
+            "2",
+            "--grace",
+            "5",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def live_children(pid: int) -> set[int]:
+    """Worker processes of the supervisor (not multiprocessing's resource tracker)."""
+    return {
+        child.pid
+        for child in psutil.Process(pid).children()
+        if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline())
+    }
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_supervisor_replaces_a_killed_worker_process_and_drains_on_sigterm(
+    supervisor: subprocess.Popen[bytes],
+) -> None:
+    assert wait_for(lambda: len(live_children(supervisor.pid)) == 2, 30)
+    victim = min(live_children(supervisor.pid))
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        alive = live_children(supervisor.pid)
+        return len(alive) == 2 and victim not in alive
+
+    assert wait_for(replaced, 30), "the killed worker process was not replaced"
+    assert supervisor.poll() is None
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0
