@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from workers.logs import configure_logging, get_logger
 from workers.settings import Settings
 
-from . import health, webhooks
+from . import chat, health, webhooks
 from .errors import ApiError, handle_api_error, handle_http_exception
 from .state import IngestState
 
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.info("ingest_stopped")
 
     return Starlette(
-        routes=[*health.routes, *webhooks.routes],
+        routes=[*health.routes, *webhooks.routes, *chat.routes],
         middleware=[Middleware(RequestContext)],
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
         lifespan=lifespan,

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import Request
 
+from workers.identity import is_tombstoned
 from workers.logs import get_logger
 from workers.settings import Settings
 
@@ -39,9 +40,6 @@ LEEWAY_S = 5
 SESSION_COOKIE = "__session"
 #: Clerk user ids are short ASCII (`user_...`); anything else in X-User-Id is a mistake.
 USER_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-
-#: Whether a user id has a tombstone: the user was deleted in Clerk.
-TOMBSTONED = "SELECT EXISTS (SELECT 1 FROM user_tombstones WHERE user_id = %(user_id)s) AS dead"
 
 
 @dataclass(frozen=True)
@@ -103,9 +101,7 @@ def require_service(caller: Caller) -> None:
 
 async def ensure_active(conn: Any, user_id: str) -> None:
     """Raise 403 when the user was deleted in Clerk."""
-    cursor = await conn.execute(TOMBSTONED, {"user_id": user_id})
-    row = await cursor.fetchone()
-    if row and row["dead"]:
+    if await is_tombstoned(conn, user_id):
         raise Forbidden("user_deleted", "This user was deleted and can no longer use aiwrap.")
 
 
