@@ -1,5 +1,131 @@
-"""POST /webhooks/clerk (being written: see issue 3)."""
+"""POST /webhooks/clerk: verify Clerk's Svix signature and queue the event.
 
-from starlette.routing import BaseRoute
+No database work happens here: the route answers 200 once the event is on the
+identity queue, and the identity actor applies it. A 503 (Redis down) makes
+Svix deliver the event again later, so nothing is lost.
+"""
 
-routes: list[BaseRoute] = []
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+from svix.webhooks import Webhook, WebhookVerificationError
+
+from workers.broker import IDENTITY_QUEUE
+from workers.identity import ACTOR_NAME, HANDLED_TYPES
+from workers.logs import get_logger
+
+from .errors import ApiError
+from .queue import enqueue
+from .state import IngestState
+
+log = get_logger(__name__)
+
+#: Larger bodies get a 413 before they are read in full.
+MAX_BODY_BYTES = 1_048_576
+SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+
+
+class BadWebhook(ApiError):
+    """A webhook request that can never be accepted as sent: a 400."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(400, code, message)
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier(secret: str) -> Webhook:
+    return Webhook(secret)
+
+
+def verify(secret: str, body: bytes, headers: dict[str, str]) -> str:
+    """Check the Svix signature and timestamp; return the body as text or raise BadWebhook."""
+    missing = [name for name in SVIX_HEADERS if not headers.get(name)]
+    if missing:
+        raise BadWebhook("missing_svix_headers", f"Missing Svix header(s): {', '.join(missing)}.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadWebhook("invalid_body", "The body is not UTF-8 text.") from None
+    try:
+        verifier = _verifier(secret)
+    except ValueError as error:
+        log.error(
+            "clerk_webhook_secret_invalid",
+            error=type(error).__name__,
+            detail="CLERK_WEBHOOK_SECRET is not a valid whsec_ base64 secret.",
+        )
+        raise ApiError(
+            500, "webhook_secret_invalid", "The webhook secret on this server is not valid."
+        ) from None
+    try:
+        verifier.verify(text, {name: headers[name] for name in SVIX_HEADERS})
+    except WebhookVerificationError as error:
+        raise BadWebhook(*_verification_failure(str(error))) from None
+    except ValueError:
+        # svix unpacks `v1,<base64>` without checking its shape first.
+        raise BadWebhook(
+            "malformed_svix_headers",
+            "The svix-signature header is not a list of `v1,<base64>` signatures.",
+        ) from None
+    return text
+
+
+def _verification_failure(reason: str) -> tuple[str, str]:
+    if "too old" in reason:
+        return "stale_timestamp", "The svix-timestamp is more than 5 minutes in the past."
+    if "too new" in reason:
+        return "future_timestamp", "The svix-timestamp is more than 5 minutes in the future."
+    if "No matching signature" in reason:
+        return "bad_signature", "No signature in svix-signature matches the body and secret."
+    return "malformed_svix_headers", "The svix-timestamp header is not a Unix time."
+
+
+def parse_event(text: str) -> dict[str, Any]:
+    """The body as a Clerk event envelope, or BadWebhook."""
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError:
+        raise BadWebhook("invalid_json", "The body is not JSON.") from None
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("data"), dict)
+    ):
+        raise BadWebhook(
+            "not_a_clerk_event",
+            'The body is not a Clerk event: expected an object with a string "type" '
+            'and an object "data".',
+        )
+    return event
+
+
+async def receive_clerk_webhook(request: Request) -> JSONResponse:
+    state = IngestState.of(request)
+    secret = state.settings.clerk_webhook_secret
+    if not secret:
+        log.error(
+            "clerk_webhook_secret_missing",
+            detail="CLERK_WEBHOOK_SECRET is not set: cannot verify Clerk webhooks.",
+        )
+        raise ApiError(
+            500, "webhook_secret_missing", "This server has no webhook secret configured."
+        )
+    headers = {name: request.headers.get(name, "") for name in SVIX_HEADERS}
+    text = verify(secret, await request.body(), headers)
+    event = parse_event(text)
+    svix_id = headers["svix-id"]
+    if event["type"] not in HANDLED_TYPES:
+        return JSONResponse({"status": "ignored", "type": event["type"]})
+    await enqueue(state.broker, IDENTITY_QUEUE, ACTOR_NAME, svix_id, event)
+    return JSONResponse({"status": "queued", "svix_id": svix_id})
+
+
+routes: list[BaseRoute] = [
+    Route("/webhooks/clerk", receive_clerk_webhook, methods=["POST"], max_body_size=MAX_BODY_BYTES),
+]

@@ -1,7 +1,320 @@
-"""The Clerk-sync actor (being written: see issue 3)."""
+"""The Clerk-sync actor and its SQL.
 
-from typing import Any
+Every event applies in one transaction that first takes a per-user advisory
+lock, so two events for one user never interleave, then runs one statement
+that does the rest: records the Svix delivery, and creates, updates or
+deletes the user. Updates are guarded by Clerk's `updated_at`, so an older
+event never overwrites a newer one, and a delete leaves a tombstone, so no
+event older than the delete brings the user back. The result is the same
+whatever order, duplication or concurrency the deliveries come in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeGuard
+
+import dramatiq
+from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
+
+from .broker import IDENTITY_QUEUE
+from .db import is_transient
+from .errors import InvalidEvent
+from .logs import get_logger
+from .runtime import Runtime
+
+log = get_logger(__name__)
+
+#: The actor ingest sends every handled Clerk event to.
+ACTOR_NAME = "apply_clerk_event"
+#: The Clerk event types aiwrap applies; others are acknowledged and dropped.
+HANDLED_TYPES = frozenset({"user.created", "user.updated", "user.deleted"})
+
+#: Milliseconds before the first retry of a transient failure, and the most
+#: between two; retries go on until the event applies.
+MIN_BACKOFF_MS = 100
+MAX_BACKOFF_MS = 30_000
+#: Retries of an unexpected (non-transient) error before it is dead-lettered.
+MAX_UNEXPECTED_RETRIES = 3
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Clerk's timestamps are milliseconds; anything below this is seconds.
+SECONDS_BELOW = 1_000_000_000_000
+#: datetime cannot go past the year 9999.
+LARGEST_MS = 253_402_300_799_999
+
+# Serialises every change to one user, for the length of the transaction.
+# Transaction-scoped, so it works through PgBouncer in transaction mode. It
+# must be its own statement: the statement after it then takes its snapshot
+# once the lock is held, and sees everything the previous holder committed.
+LOCK_USER = "SELECT pg_advisory_xact_lock(hashtext(%(id)s))"
+
+# The delivery is recorded first; the other CTEs only act when it is new, so
+# a redelivery does nothing (the guards below would make it a no-op anyway).
+UPSERT_USER = """
+WITH delivery AS (
+    INSERT INTO clerk_deliveries (svix_id) VALUES (%(svix_id)s)
+    ON CONFLICT (svix_id) DO NOTHING
+    RETURNING svix_id
+), upserted AS (
+    INSERT INTO "user" (id, email, first_name, last_name, image_url, updated_at)
+    SELECT %(id)s, %(email)s, %(first_name)s, %(last_name)s, %(image_url)s, %(updated_at)s
+    WHERE EXISTS (SELECT 1 FROM delivery)
+      AND NOT EXISTS (
+          SELECT 1 FROM user_tombstones
+          WHERE user_id = %(id)s AND deleted_at >= %(updated_at)s
+      )
+    ON CONFLICT (id) DO UPDATE SET
+        email = EXCLUDED.email,
+        first_name = EXCLUDED.first_name,
+        last_name = EXCLUDED.last_name,
+        image_url = EXCLUDED.image_url,
+        updated_at = EXCLUDED.updated_at
+    WHERE "user".updated_at IS NULL OR "user".updated_at < EXCLUDED.updated_at
+    RETURNING id
+), profile AS (
+    INSERT INTO user_profiles (user_id, display_name, monthly_token_budget)
+    SELECT id, %(display_name)s, %(budget)s FROM upserted
+    ON CONFLICT (user_id) DO NOTHING
+)
+SELECT EXISTS (SELECT 1 FROM delivery), EXISTS (SELECT 1 FROM upserted)
+"""
+
+DELETE_USER = """
+WITH delivery AS (
+    INSERT INTO clerk_deliveries (svix_id) VALUES (%(svix_id)s)
+    ON CONFLICT (svix_id) DO NOTHING
+    RETURNING svix_id
+), removed AS (
+    DELETE FROM "user" WHERE id = %(id)s AND EXISTS (SELECT 1 FROM delivery)
+    RETURNING id
+), tombstone AS (
+    INSERT INTO user_tombstones (user_id, deleted_at)
+    SELECT %(id)s, %(deleted_at)s WHERE EXISTS (SELECT 1 FROM delivery)
+    ON CONFLICT (user_id) DO UPDATE
+    SET deleted_at = GREATEST(user_tombstones.deleted_at, EXCLUDED.deleted_at)
+)
+SELECT EXISTS (SELECT 1 FROM delivery), EXISTS (SELECT 1 FROM removed)
+"""
+
+PROVISION_USER = """
+WITH tombstone AS (
+    SELECT 1 FROM user_tombstones WHERE user_id = %(id)s
+), created AS (
+    INSERT INTO "user" (id) SELECT %(id)s WHERE NOT EXISTS (SELECT 1 FROM tombstone)
+    ON CONFLICT (id) DO NOTHING
+), profile AS (
+    INSERT INTO user_profiles (user_id, monthly_token_budget)
+    SELECT %(id)s, %(budget)s WHERE NOT EXISTS (SELECT 1 FROM tombstone)
+    ON CONFLICT (user_id) DO NOTHING
+)
+SELECT NOT EXISTS (SELECT 1 FROM tombstone)
+"""
+
+IS_TOMBSTONED = "SELECT EXISTS (SELECT 1 FROM user_tombstones WHERE user_id = %(id)s)"
 
 
-def declare(broker: Any, runtime: Any) -> None:
+@dataclass(frozen=True)
+class UserChanged:
+    """A user.created or user.updated event, as the user table stores it."""
+
+    user_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    image_url: str | None
+    updated_at: datetime
+
+    @property
+    def display_name(self) -> str | None:
+        return " ".join(name for name in (self.first_name, self.last_name) if name) or None
+
+
+@dataclass(frozen=True)
+class UserDeleted:
+    """A user.deleted event: the user and the time of the delete."""
+
+    user_id: str
+    deleted_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying one delivery did."""
+
+    duplicate: bool  # this svix-id was applied before: nothing was done
+    changed: bool  # a row was created, updated or deleted
+
+
+def parse_clerk_event(event: Any) -> UserChanged | UserDeleted:
+    """Read a handled Clerk event; raise InvalidEvent saying what is wrong with it."""
+    if not isinstance(event, Mapping):
+        raise InvalidEvent("the event is not a JSON object")
+    kind = event.get("type")
+    if kind not in HANDLED_TYPES:
+        raise InvalidEvent(f"event type {kind!r} is not one of {sorted(HANDLED_TYPES)}")
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        raise InvalidEvent("data is not an object")
+    user_id = data.get("id")
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidEvent("data.id is not a non-empty string")
+    if kind == "user.deleted":
+        return UserDeleted(user_id, _event_time(event.get("timestamp")))
+    updated_at = data.get("updated_at")
+    if not _is_millis(updated_at):
+        raise InvalidEvent("data.updated_at is not a timestamp in milliseconds")
+    return UserChanged(
+        user_id=user_id,
+        email=_primary_email(data),
+        first_name=_optional_str(data, "first_name"),
+        last_name=_optional_str(data, "last_name"),
+        image_url=_optional_str(data, "image_url"),
+        updated_at=EPOCH + timedelta(milliseconds=updated_at),
+    )
+
+
+def _is_millis(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= LARGEST_MS
+
+
+def _event_time(timestamp: object) -> datetime:
+    if not _is_millis(timestamp):
+        raise InvalidEvent("timestamp is not a time in milliseconds or seconds")
+    if timestamp < SECONDS_BELOW:
+        # A time in whole seconds could be any millisecond of that second:
+        # take the last, so no update made within it outlives the delete.
+        return EPOCH + timedelta(seconds=timestamp, milliseconds=999)
+    return EPOCH + timedelta(milliseconds=timestamp)
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidEvent(f"data.{key} is neither a string nor null")
+
+
+def _primary_email(data: Mapping[str, Any]) -> str | None:
+    addresses = data.get("email_addresses") or []
+    if not isinstance(addresses, list):
+        raise InvalidEvent("data.email_addresses is not a list")
+    primary_id = data.get("primary_email_address_id")
+    if primary_id is None:
+        return None
+    for address in addresses:
+        if isinstance(address, Mapping) and address.get("id") == primary_id:
+            email = address.get("email_address")
+            if not isinstance(email, str):
+                raise InvalidEvent("the primary email address has no email_address string")
+            return email
+    return None
+
+
+async def apply_change(
+    conn: AsyncConnection[Any],
+    svix_id: str,
+    change: UserChanged | UserDeleted,
+    default_budget: int,
+) -> Outcome:
+    """Apply one parsed event in its own transaction on `conn`."""
+    if isinstance(change, UserDeleted):
+        sql = DELETE_USER
+        params: dict[str, Any] = {
+            "svix_id": svix_id,
+            "id": change.user_id,
+            "deleted_at": change.deleted_at,
+        }
+    else:
+        sql = UPSERT_USER
+        params = {
+            "svix_id": svix_id,
+            "id": change.user_id,
+            "email": change.email,
+            "first_name": change.first_name,
+            "last_name": change.last_name,
+            "image_url": change.image_url,
+            "updated_at": change.updated_at,
+            "display_name": change.display_name,
+            "budget": default_budget,
+        }
+    # Pipelined: BEGIN, the lock, the statement and COMMIT go out together,
+    # one round trip per event instead of four.
+    async with conn.cursor(row_factory=tuple_row) as cur, conn.pipeline():
+        async with conn.transaction():
+            await conn.execute(LOCK_USER, {"id": change.user_id})
+            await cur.execute(sql, params)
+        row = await cur.fetchone()
+    assert row is not None
+    fresh, changed = row
+    return Outcome(duplicate=not fresh, changed=changed)
+
+
+async def provision_user(conn: AsyncConnection[Any], user_id: str, default_budget: int) -> bool:
+    """Make sure `user_id` has a user row and a profile, inside the caller's transaction.
+
+    Returns False, creating nothing, when the user was deleted. The row has
+    no `updated_at`, so the next Clerk event for the user fills it in.
+    """
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(LOCK_USER, {"id": user_id})
+        await cur.execute(PROVISION_USER, {"id": user_id, "budget": default_budget})
+        row = await cur.fetchone()
+    assert row is not None
+    provisioned: bool = row[0]
+    return provisioned
+
+
+async def is_tombstoned(conn: AsyncConnection[Any], user_id: str) -> bool:
+    """True when `user_id` was deleted in Clerk and must never be recreated."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(IS_TOMBSTONED, {"id": user_id})
+        row = await cur.fetchone()
+    assert row is not None
+    tombstoned: bool = row[0]
+    return tombstoned
+
+
+def should_retry(retries: int, error: BaseException) -> bool:
+    """Transient failures retry until they succeed; anything else a few times only."""
+    return is_transient(error) or retries < MAX_UNEXPECTED_RETRIES
+
+
+def declare(broker: Any, runtime: Runtime) -> None:
     """Declare the identity actor on `broker`."""
+
+    async def apply_clerk_event(svix_id: str, event: dict[str, Any]) -> None:
+        try:
+            change = parse_clerk_event(event)
+        except InvalidEvent as error:
+            log.error(
+                "clerk_event_dead_lettered",
+                svix_id=svix_id,
+                reason=str(error),
+                event_type=event.get("type") if isinstance(event, dict) else None,
+            )
+            raise
+        async with runtime.pool.connection() as conn:
+            outcome = await apply_change(
+                conn, svix_id, change, runtime.settings.default_monthly_token_budget
+            )
+        log.debug(
+            "clerk_event_applied",
+            svix_id=svix_id,
+            user_id=change.user_id,
+            duplicate=outcome.duplicate,
+            changed=outcome.changed,
+        )
+
+    dramatiq.actor(
+        broker=broker,
+        actor_name=ACTOR_NAME,
+        queue_name=IDENTITY_QUEUE,
+        throws=(InvalidEvent,),
+        retry_when=should_retry,
+        min_backoff=MIN_BACKOFF_MS,
+        max_backoff=MAX_BACKOFF_MS,
+    )(apply_clerk_event)
