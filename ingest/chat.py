@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from workers import metering, streams
 from workers.broker import CHAT_QUEUE
+from workers.chat import ACTOR_NAME, InvalidChatJob, new_job
 from workers.profiles import get_profile, set_profile
 
 from .auth import Caller, authenticate, ensure_active, require_service, require_user
@@ -284,17 +285,13 @@ async def create_chat(request: Request) -> Response:
                 402, "budget_exceeded", "This month's token budget is used up; see GET /v1/usage."
             )
 
-    job_id = str(uuid.uuid4())
-    requested_at = iso(datetime.now(UTC))
-    job = {
-        "id": job_id,
-        "user_id": user_id,
-        "model": model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "requested_at": requested_at,
-    }
+    try:
+        job = new_job(
+            user_id, messages, model=model, max_tokens=max_tokens, temperature=temperature
+        )
+    except InvalidChatJob as error:  # the worker's own checks; ours above should catch first
+        raise ApiError(400, "invalid_request", str(error)) from None
+    job_id, requested_at = job["id"], job["requested_at"]
     with redis_errors():
         # Written first: the worker, and this route's GETs, rely on it being there.
         await streams.write_job_record(
@@ -305,7 +302,7 @@ async def create_chat(request: Request) -> Response:
             requested_at=requested_at,
             ttl_seconds=state.settings.stream_ttl_seconds,
         )
-    await enqueue(state.broker, CHAT_QUEUE, "run_chat", job)
+    await enqueue(state.broker, CHAT_QUEUE, ACTOR_NAME, job)
     url = f"/v1/chat/{job_id}"
     return JSONResponse(
         {"id": job_id, "status": streams.QUEUED, "url": url, "stream_url": f"{url}/stream"},

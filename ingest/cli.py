@@ -72,6 +72,34 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budget(args: argparse.Namespace) -> int:
+    from workers.metering import load_prices, price_for
+    from workers.profiles import set_profile_now
+
+    settings = Settings.from_env()
+    if args.tokens < 0:
+        print("aiwrap budget: TOKENS must be 0 (no cap) or more.", file=sys.stderr)
+        return 2
+    if args.model is not None and price_for(load_prices(settings.prices_path), args.model) is None:
+        print(f"aiwrap budget: {args.model!r} is not a model with a price.", file=sys.stderr)
+        return 2
+    profile = set_profile_now(
+        settings.database_url,
+        args.user_id,
+        monthly_token_budget=args.tokens,
+        default_model=args.model,
+        default_budget=settings.default_monthly_token_budget,
+    )
+    if profile is None:
+        print(f"aiwrap budget: {args.user_id} was deleted; nothing changed.", file=sys.stderr)
+        return 1
+    print(
+        f"{profile.user_id}: monthly_token_budget={profile.monthly_token_budget} "
+        f"default_model={profile.default_model}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workers.broker import QUEUES
 
@@ -133,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--host", default="127.0.0.1")
     model.add_argument("--port", type=int, default=8001)
     model.set_defaults(handler=cmd_model_server)
+
+    budget = commands.add_parser(
+        "budget", help="set a user's monthly token budget (0 = no cap) and default model"
+    )
+    budget.add_argument("user_id", metavar="USER_ID", help="Clerk user id")
+    budget.add_argument("tokens", metavar="TOKENS", type=int, help="tokens a month; 0 = no cap")
+    budget.add_argument("--model", help="also set the user's default model")
+    budget.set_defaults(handler=cmd_budget)
 
     return parser
 
