@@ -141,9 +141,8 @@ def run_dev(data_dir: str, port: int) -> int:
         children.append(ingest)
         children.append(_spawn(["worker", "--processes", "1"], env))
         _wait_http(f"http://127.0.0.1:{port}/healthz", ingest)
-        print(banner(port, env, started or ["your own services"]), flush=True)
-
         try:
+            print(banner(port, env, started or ["your own services"]), flush=True)
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
             dead = next(child for child in children if child.poll() is not None)

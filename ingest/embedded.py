@@ -117,6 +117,9 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C meant for `aiwrap dev` must not stop Redis
+            # before the workers have drained; its owner stops it last.
+            start_new_session=True,
         )
         self._wait_until_ready(timeout)
         return self.url

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,15 @@ from workers.schema import apply_schema
 from workers.settings import Settings
 
 from .support import ServerThread
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest rotates numbered temp folders across sessions, deleting older ones
+    # even while another session's embedded Postgres still lives in them. A
+    # folder per session, removed when it ends, keeps concurrent runs apart.
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="aiwrap-tests-")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")
