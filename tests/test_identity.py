@@ -142,9 +142,7 @@ def race(*actions: Callable[[], None]) -> None:
 
 
 def racing_applier(url: str, delivery: tuple[str, dict[str, Any]]) -> Callable[[], None]:
-    """An action applying one delivery on a connection opened before the race starts."""
-    conn = psycopg.connect(url, **CONNECTION_KWARGS)
-    conn.close()  # proves the URL works; the async connection is opened in the thread
+    """An action applying one delivery with aiwrap's algorithm, on its own connection."""
 
     def act() -> None:
         asyncio.run(_apply_all(url, [delivery], BUDGET))
