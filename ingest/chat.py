@@ -205,6 +205,14 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def iso_text(value: str) -> str:
+    """An ISO timestamp written by someone else, in this API's form when it parses."""
+    try:
+        return iso(datetime.fromisoformat(value))
+    except ValueError:
+        return value
+
+
 def exchange_json(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "created_at": iso(row["created_at"])}
 
@@ -328,7 +336,7 @@ async def find_exchange(state: IngestState, user_id: str, job_id: str) -> dict[s
         raise NotFound()
     return {
         "id": job_id,
-        "created_at": record.requested_at,
+        "created_at": iso_text(record.requested_at),
         "model": record.model,
         "prompt": None,
         "completion": None,

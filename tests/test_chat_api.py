@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -559,6 +560,28 @@ def test_a_live_stream_relays_events_as_they_are_published(
     assert sse.text == "one two"
     assert "keepalive" in sse.comments
     assert sse.events[-1]["event"] == "done"
+
+
+def test_a_client_that_goes_away_frees_its_blocked_redis_read(
+    http: httpx.Client, settings: Settings, redis: redis_lib.Redis, user_id: str
+) -> None:
+    def blocked_readers() -> int:
+        return sum("b" in client["flags"] for client in redis.client_list())
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while blocked_readers() != count:
+            assert time.monotonic() < deadline, f"{blocked_readers()} blocked, not {count}"
+            time.sleep(0.02)
+
+    baseline = blocked_readers()
+    chat_id = fake_job(settings, user_id)
+    path = f"/v1/chat/{chat_id}/stream"
+    with http.stream("GET", path, headers=as_user(settings, user_id)) as response:
+        lines = response.iter_lines()  # kept: dropping it would close the connection
+        assert next(lines) == "retry: 1000"
+        wait_for(baseline + 1)
+    wait_for(baseline)
 
 
 def test_a_failed_chat_streams_its_error_event(
