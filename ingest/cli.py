@@ -72,6 +72,35 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send_webhook(args: argparse.Namespace) -> int:
+    import os
+    import time
+    import uuid
+    from pathlib import Path
+
+    import httpx
+
+    from .dev import dev_secrets
+    from .webhooks import sample_clerk_event, signed_request
+
+    dev_file = Path(".aiwrap") / "dev-secrets.json"
+    secret = args.secret or os.environ.get("CLERK_WEBHOOK_SECRET", "").strip()
+    if not secret and dev_file.exists():
+        secret = dev_secrets(dev_file.parent)["CLERK_WEBHOOK_SECRET"]
+    if not secret:
+        print(
+            "aiwrap send-webhook: no secret: pass --secret, set CLERK_WEBHOOK_SECRET, "
+            f"or run `aiwrap dev` here so {dev_file} exists.",
+            file=sys.stderr,
+        )
+        return 2
+    event = sample_clerk_event(args.event_type, args.user_id, int(time.time() * 1000))
+    body, headers = signed_request(secret, event, f"msg_{uuid.uuid4().hex}")
+    response = httpx.post(args.url, content=body, headers=headers, timeout=10)
+    print(response.status_code, response.text)
+    return 0 if response.is_success else 1
+
+
 def cmd_budget(args: argparse.Namespace) -> int:
     from workers.metering import load_prices, price_for
     from workers.profiles import set_profile_now
@@ -169,6 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("tokens", metavar="TOKENS", type=int, help="tokens a month; 0 = no cap")
     budget.add_argument("--model", help="also set the user's default model")
     budget.set_defaults(handler=cmd_budget)
+
+    send = commands.add_parser(
+        "send-webhook", help="sign a sample Clerk event with the local secret and POST it"
+    )
+    send.add_argument(
+        "event_type", metavar="EVENT_TYPE", choices=["user.created", "user.updated", "user.deleted"]
+    )
+    send.add_argument("user_id", metavar="USER_ID", help="Clerk user id, e.g. user_demo")
+    send.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000/webhooks/clerk",
+        help="the webhook endpoint (default %(default)s)",
+    )
+    send.add_argument(
+        "--secret",
+        help="whsec_ secret (default: CLERK_WEBHOOK_SECRET, then .aiwrap/dev-secrets.json)",
+    )
+    send.set_defaults(handler=cmd_send_webhook)
 
     return parser
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -322,3 +325,37 @@ def test_with_redis_stopped_the_webhook_is_a_503_and_nothing_is_lost_once_it_is_
 
 def test_the_actor_name_ingest_sends_to_is_the_identity_actor(broker: WakingRedisBroker) -> None:
     assert broker.get_actor(identity.ACTOR_NAME).queue_name == IDENTITY_QUEUE
+
+
+def test_aiwrap_send_webhook_signs_a_sample_event_that_the_worker_applies(
+    ingest_url: str,
+    settings: Settings,
+    broker: WakingRedisBroker,
+    worker: dramatiq.Worker,
+    db: psycopg.Connection[dict[str, Any]],
+    user_id: str,
+) -> None:
+    env = {**os.environ, "CLERK_WEBHOOK_SECRET": settings.clerk_webhook_secret}
+    for event_type in ("user.created", "user.updated"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ingest.cli",
+                "send-webhook",
+                "--url",
+                f"{ingest_url}/webhooks/clerk",
+                event_type,
+                user_id,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("200 "), done.stdout
+        drain(broker, worker)
+    row = user_row(db, user_id)
+    assert row is not None and row["email"] == f"{user_id}@example.com"
