@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 import re
@@ -42,7 +43,7 @@ from workers.profiles import get_profile, set_profile
 
 from .auth import Caller, authenticate, ensure_active, require_service, require_user
 from .errors import ApiError
-from .queue import enqueue
+from .queue import QueueUnavailable, enqueue
 from .state import IngestState
 
 #: user_profiles.default_model's default in schema.sql: the model of a user aiwrap has not seen.
@@ -184,7 +185,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             raise too_large
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
@@ -310,7 +311,13 @@ async def create_chat(request: Request) -> Response:
             requested_at=requested_at,
             ttl_seconds=state.settings.stream_ttl_seconds,
         )
-    await enqueue(state.broker, CHAT_QUEUE, ACTOR_NAME, job)
+    try:
+        await enqueue(state.broker, CHAT_QUEUE, ACTOR_NAME, job)
+    except QueueUnavailable:
+        # Nothing was accepted, so no record should say "queued"; Redis may be gone anyway.
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await state.redis.delete(streams.job_key(job_id))
+        raise
     url = f"/v1/chat/{job_id}"
     return JSONResponse(
         {"id": job_id, "status": streams.QUEUED, "url": url, "stream_url": f"{url}/stream"},

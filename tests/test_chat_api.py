@@ -30,6 +30,7 @@ from ingest.app import create_app
 from ingest.cli import main as cli_main
 from ingest.embedded import EmbeddedRedis
 from ingest.model_server import running_model_server
+from ingest.queue import QueueUnavailable
 from workers import streams
 from workers.broker import WakingRedisBroker, build_broker
 from workers.metering import month_start
@@ -325,6 +326,31 @@ def test_a_body_that_is_not_a_json_object_is_400(
     headers = {**as_user(settings, user_id), "Content-Type": "application/json"}
     assert_error(http.post("/v1/chat", content=b"{nope", headers=headers), 400, "invalid_json")
     assert_error(http.post("/v1/chat", content=b"[1]", headers=headers), 400, "invalid_json")
+
+
+def test_absurdly_deep_json_is_400_not_a_crash(
+    http: httpx.Client, settings: Settings, user_id: str
+) -> None:
+    headers = {**as_user(settings, user_id), "Content-Type": "application/json"}
+    response = http.post("/v1/chat", content=b"[" * 100_000, headers=headers)
+    assert_error(response, 400, "invalid_json")
+
+
+def test_when_the_queue_refuses_the_job_no_record_says_queued(
+    http: httpx.Client,
+    settings: Settings,
+    redis: redis_lib.Redis,
+    user_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refuse(*_args: Any) -> None:
+        raise QueueUnavailable()
+
+    monkeypatch.setattr(chat_routes, "enqueue", refuse)
+    response = http.post("/v1/chat", json={"prompt": "hi"}, headers=as_user(settings, user_id))
+    assert_error(response, 503, "queue_unavailable")
+    owners = [redis.hget(key, "user_id") for key in redis.scan_iter("aiwrap:chat:*:job")]
+    assert user_id.encode() not in owners
 
 
 def test_an_unknown_or_unpriced_model_is_400(
