@@ -160,7 +160,7 @@ class RuntimeMiddleware(Middleware):
 
 def build_broker(settings: Settings) -> WakingRedisBroker:
     """Build the broker, its middleware and every actor, from settings."""
-    from . import identity  # actors import the broker's names, so import them late
+    from . import chat, identity  # actors import the broker's names, so import them late
 
     broker = WakingRedisBroker(
         client=redis.Redis.from_url(
@@ -175,6 +175,7 @@ def build_broker(settings: Settings) -> WakingRedisBroker:
     for middleware in (AsyncIO(), CurrentMessage(), RuntimeMiddleware(runtime)):
         broker.add_middleware(middleware)
     identity.declare(broker, runtime)
+    chat.declare(broker, runtime)
     for queue_name in QUEUES:
         broker.declare_queue(queue_name)
     return broker

@@ -10,10 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from openai import AsyncOpenAI, Timeout
 from psycopg_pool import AsyncConnectionPool
 
 from .db import make_pool
+from .metering import Price, load_prices
 from .settings import Settings
+
+#: Seconds to connect to the model, and to wait for each next piece of its reply.
+OPENAI_CONNECT_TIMEOUT_S = 5.0
+OPENAI_READ_TIMEOUT_S = 60.0
 
 
 class Runtime:
@@ -23,6 +29,8 @@ class Runtime:
         self.settings = settings
         self._pool: AsyncConnectionPool[Any] | None = None
         self._redis: aioredis.Redis | None = None
+        self._openai: AsyncOpenAI | None = None
+        self._prices: dict[str, Price] | None = None
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -36,11 +44,32 @@ class Runtime:
             raise RuntimeError("The worker runtime is not open: no Redis client yet.")
         return self._redis
 
+    @property
+    def openai(self) -> AsyncOpenAI:
+        """The model client; it never retries on its own, the chat actor does."""
+        if self._openai is None:
+            raise RuntimeError("The worker runtime is not open: no model client yet.")
+        return self._openai
+
+    @property
+    def prices(self) -> dict[str, Price]:
+        """The price table, loaded once: built-in prices overridden by AIWRAP_PRICES."""
+        if self._prices is None:
+            self._prices = load_prices(self.settings.prices_path)
+        return self._prices
+
     async def open(self) -> None:
-        """Open the pool (waiting for its connection) and the Redis client."""
+        """Open the pool (waiting for its connection), the Redis and model clients."""
+        _ = self.prices  # a bad price file stops the worker at boot, not mid-chat
         self._pool = make_pool(self.settings.database_url, name="worker")
         await self._pool.open(wait=True)
         self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+        self._openai = AsyncOpenAI(
+            api_key=self.settings.openai_api_key or "unset",
+            base_url=self.settings.openai_base_url or None,
+            max_retries=0,
+            timeout=Timeout(OPENAI_READ_TIMEOUT_S, connect=OPENAI_CONNECT_TIMEOUT_S),
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -49,3 +78,6 @@ class Runtime:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+        if self._openai is not None:
+            await self._openai.close()
+            self._openai = None

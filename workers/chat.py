@@ -1,0 +1,742 @@
+"""The chat actor: one exchange with the model, streamed to Redis, logged and metered.
+
+`run_chat(job)` (queue `chat`) takes the job dict of docs/chat-contract.md. It
+writes the `prompt_logs` row (completion NULL) when it starts, streams the
+reply from the model, appends each piece of text to the chat's Redis stream,
+and ends with one transaction that finalises the row and inserts the
+`token_usage` row, then one terminal stream event.
+
+Concurrency. `run_chat` is async: every chat a process runs shares its one
+event loop, its one database connection (held only for the two short
+transactions, never while the model talks) and its one HTTP connection pool.
+Dramatiq runs one message per worker thread, so the thread count is the limit
+on concurrent chats per process: `aiwrap worker --queues chat --threads 500`
+holds 500 upstream streams in one process.
+
+Exactly once, and what an SSE reader sees when a job runs twice:
+- A lease key (`aiwrap:chat:{id}:lease`, renewed every few seconds) lets only
+  one worker run a job; a duplicate delivery finds it held and does nothing.
+  A crashed worker's lease expires (10 s) before its message is redelivered
+  (the broker's 15 s heartbeat timeout).
+- A job whose stream already holds its terminal event, or whose row is
+  finalised, does nothing (a finalised row whose terminal event was lost in a
+  crash gets that event written from the row).
+- A job redelivered mid-stream reads the text its stream already holds, calls
+  the model again from the start, and publishes only what goes beyond that
+  text: a reader has neither a gap nor a repeat. The completion recorded is the
+  text readers saw; a retried reply that disagrees with what was already
+  streamed is flagged `resume_diverged` in metadata.
+- The finalising statement inserts `token_usage` with ON CONFLICT
+  (prompt_log_id) DO NOTHING, and only while the row is still unfinalised.
+
+Upstream errors (429, 5xx, timeouts, dropped connections) are retried with
+backoff while the call has produced no text; after text, the exchange ends
+`error` with what was received kept and metered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import dramatiq
+import httpx2
+import openai
+import redis as redis_sync
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.broker import Broker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+from openai.types.chat import ChatCompletionMessageParam
+from psycopg.types.json import Jsonb
+
+from . import streams
+from .broker import CHAT_QUEUE, RuntimeMiddleware
+from .db import is_transient
+from .errors import AiwrapError
+from .identity import provision_user
+from .logs import get_logger
+from .metering import cost_microcents, over_budget, price_for
+from .runtime import Runtime
+
+log = get_logger(__name__)
+
+ACTOR_NAME: Final = "run_chat"
+ROLES: Final = frozenset({"system", "developer", "user", "assistant"})
+
+#: The job lease: long enough to survive a slow Redis, shorter than the broker's
+#: heartbeat timeout so a dead worker's lease is gone before its job comes back.
+LEASE_MS: Final = 10_000
+LEASE_RENEW_S: Final = 3.0
+
+#: Upstream calls per exchange while no text has arrived, and the waits between.
+UPSTREAM_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0)
+#: A Retry-After longer than this is not worth holding a stream open for.
+MAX_RETRY_AFTER_S: Final = 5.0
+#: Database retries of a transient failure (connection lost, pool timeout).
+DB_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0)
+
+#: Whole runs of a job after an infrastructure failure, and how long one may take.
+MAX_RUN_RETRIES: Final = 5
+TIME_LIMIT_MS: Final = 30 * 60_000
+
+#: Seconds a cancelled upstream call gets to close its connection.
+CANCEL_WAIT_S: Final = 2.0
+
+#: Seconds a chat waits for its worker's runtime to open at start-up.
+RUNTIME_OPEN_WAIT_S: Final = 30.0
+
+#: Tokens as the estimate counts them when the upstream sends no usage.
+TOKEN = re.compile(r"\w+|[^\w\s]")
+
+RENEW_LEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+RELEASE_LEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('del', KEYS[1]) else return 0 end"
+)
+
+SELECT_LOG = """
+SELECT completion, status, prompt_tokens, completion_tokens, metadata
+  FROM prompt_logs WHERE id = %(id)s FOR UPDATE
+"""
+
+#: A new exchange, or a job coming back after a crash (its row is still open).
+START_LOG = """
+INSERT INTO prompt_logs (id, user_id, model, prompt, metadata)
+VALUES (%(id)s, %(user_id)s, %(model)s, %(prompt)s, %(metadata)s)
+ON CONFLICT (id) DO UPDATE
+   SET metadata = prompt_logs.metadata
+       || jsonb_build_object('attempt', COALESCE((prompt_logs.metadata->>'attempt')::int, 1) + 1)
+ WHERE prompt_logs.completion IS NULL
+"""
+
+#: An exchange refused before any model call: logged, finished, never metered.
+REFUSED_LOG = """
+INSERT INTO prompt_logs (id, user_id, model, prompt, completion, status, latency_ms, metadata)
+VALUES (%(id)s, %(user_id)s, %(model)s, %(prompt)s, '', 'error', 0, %(metadata)s)
+ON CONFLICT (id) DO NOTHING
+"""
+
+#: Finalise the row and meter the call in one statement: the usage row exists
+#: exactly when the row is finalised, and a second run can add neither.
+FINISH_LOG = """
+WITH finished AS (
+    UPDATE prompt_logs
+       SET completion = %(completion)s, prompt_tokens = %(prompt_tokens)s,
+           completion_tokens = %(completion_tokens)s, latency_ms = %(latency_ms)s,
+           status = %(status)s,
+           metadata = %(metadata)s::jsonb
+               || jsonb_strip_nulls(jsonb_build_object('attempt', metadata->'attempt'))
+     WHERE id = %(id)s AND completion IS NULL
+ RETURNING id, user_id, model
+)
+INSERT INTO token_usage (user_id, model, prompt_tokens, completion_tokens, cost_microcents,
+                         prompt_log_id)
+SELECT user_id, model, %(prompt_tokens)s, %(completion_tokens)s, %(cost_microcents)s, id
+  FROM finished
+ WHERE %(metered)s
+ON CONFLICT (prompt_log_id) DO NOTHING
+"""
+
+
+class InvalidChatJob(AiwrapError):
+    """A chat job message that can never run, whatever the retries."""
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """One chat request, as the `run_chat` message carries it."""
+
+    id: str
+    user_id: str
+    model: str
+    messages: tuple[dict[str, str], ...]
+    max_tokens: int | None
+    temperature: float | None
+    requested_at: str
+
+    @classmethod
+    def parse(cls, data: Any) -> ChatJob:
+        """Read a job message; raise InvalidChatJob saying what is wrong with it."""
+        if not isinstance(data, dict):
+            raise InvalidChatJob("the job is not a JSON object")
+        try:
+            job_id = str(uuid.UUID(str(data.get("id"))))
+        except ValueError:
+            raise InvalidChatJob("id is not a UUID") from None
+        for name in ("user_id", "model", "requested_at"):
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise InvalidChatJob(f"{name} must be a non-empty string")
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidChatJob("messages must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not (
+                isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            ):
+                raise InvalidChatJob(
+                    f"messages[{i}] needs a role ({', '.join(sorted(ROLES))}) and string content"
+                )
+        max_tokens, temperature = data.get("max_tokens"), data.get("temperature")
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+            raise InvalidChatJob("max_tokens must be a positive integer")
+        if temperature is not None and (
+            type(temperature) not in (int, float) or not 0 <= temperature <= 2
+        ):
+            raise InvalidChatJob("temperature must be a number from 0 to 2")
+        return cls(
+            id=job_id,
+            user_id=data["user_id"],
+            model=data["model"],
+            messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
+            max_tokens=max_tokens,
+            temperature=None if temperature is None else float(temperature),
+            requested_at=data["requested_at"],
+        )
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "model": self.model,
+            "messages": [dict(m) for m in self.messages],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "requested_at": self.requested_at,
+        }
+
+    @property
+    def prompt(self) -> str:
+        """The text logged as the prompt: the last user message."""
+        users = [m["content"] for m in self.messages if m["role"] == "user"]
+        return users[-1] if users else self.messages[-1]["content"]
+
+    def request_metadata(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "messages": len(self.messages),
+            "requested_at": self.requested_at,
+        }
+
+
+def new_job(
+    user_id: str,
+    messages: Sequence[dict[str, str]],
+    *,
+    model: str,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    job_id: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Build a `run_chat` job message; raise InvalidChatJob when it could never run."""
+    data = {
+        "id": job_id or str(uuid.uuid4()),
+        "user_id": user_id,
+        "model": model,
+        "messages": list(messages),
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "requested_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(),
+    }
+    return ChatJob.parse(data).as_message()
+
+
+def enqueue_chat(
+    broker: RedisBroker, job: dict[str, Any], *, stream_ttl_seconds: int = 3600
+) -> str:
+    """Queue a chat for a Python app and return its id (blocking; use from sync code).
+
+    `job` comes from `new_job`. The answer streams to `aiwrap:chat:{id}:events`
+    (read it with `workers.streams.read_events`), and is logged in prompt_logs.
+    """
+    chat = ChatJob.parse(job)
+    client: redis_sync.Redis = broker.client
+    key = streams.job_key(chat.id)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            key,
+            mapping={
+                "user_id": chat.user_id,
+                "model": chat.model,
+                "status": streams.QUEUED,
+                "requested_at": chat.requested_at,
+            },
+        )
+        pipe.expire(key, stream_ttl_seconds)
+        pipe.execute()
+    broker.enqueue(
+        dramatiq.Message(
+            queue_name=CHAT_QUEUE,
+            actor_name=ACTOR_NAME,
+            args=(chat.as_message(),),
+            kwargs={},
+            options={},
+        )
+    )
+    return chat.id
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (words and punctuation marks), for when usage is missing."""
+    return len(TOKEN.findall(text))
+
+
+@dataclass
+class Reply:
+    """What came back from the model, kept as it arrives so a cancel loses nothing."""
+
+    pieces: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: tuple[int, int] | None = None
+    ttft_ms: float | None = None
+    opened: bool = False  # the upstream accepted the call, so it is metered
+    upstream_calls: int = 0
+    error: tuple[str, str] | None = None
+    refusal: str | None = None
+    cancelled: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an exchange ended: its status and the terminal stream event."""
+
+    status: str
+    event: streams.EventName
+    data: dict[str, Any]
+
+
+class Chat:
+    """One run of one chat job on one worker."""
+
+    def __init__(self, runtime: Runtime, listener: streams.CancelListener, job: ChatJob) -> None:
+        self.rt, self.listener, self.job = runtime, listener, job
+        self.redis = runtime.redis
+        self.published = ""  # text the stream already holds (a previous run's)
+        self.published_len = 0
+        self.diverged = False
+        self.started = time.perf_counter()
+
+    async def run(self) -> None:
+        token = uuid.uuid4().hex
+        lease = streams.lease_key(self.job.id)
+        if not await self.redis.set(lease, token, nx=True, px=LEASE_MS):
+            log.info("chat_already_running", job_id=self.job.id)
+            return
+        # Stopped by an event, not cancelled: redis-py can swallow a cancellation
+        # that lands mid-command, and then the renewer would never end.
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._renew_lease(lease, token, done))
+        try:
+            await self._run()
+        finally:
+            done.set()
+            await asyncio.wait({renewer}, timeout=LEASE_RENEW_S)
+            with contextlib.suppress(redis_sync.RedisError):
+                await self.redis.eval(RELEASE_LEASE, 1, lease, token)
+
+    async def _renew_lease(self, lease: str, token: str, done: asyncio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), LEASE_RENEW_S)
+                return
+            with contextlib.suppress(redis_sync.RedisError):
+                await self.redis.eval(RENEW_LEASE, 1, lease, token, LEASE_MS)
+
+    async def _run(self) -> None:
+        job = self.job
+        events = await streams.read_all(self.redis, job.id)
+        if any(e.terminal for e in events):
+            log.info("chat_already_finished", job_id=job.id)
+            return
+        self.published = "".join(
+            str(e.data.get("content", "")) for e in events if e.event == streams.DELTA
+        )
+        self.published_len = len(self.published)
+        cancelled = await streams.cancel_requested(self.redis, job.id)
+        outcome = await _with_db_retries(lambda: self._begin(cancelled))
+        if outcome is not None:
+            await self._end(outcome)
+            return
+        await streams.write_job_record(
+            self.redis,
+            job.id,
+            user_id=job.user_id,
+            model=job.model,
+            requested_at=job.requested_at,
+            ttl_seconds=self.rt.settings.stream_ttl_seconds,
+            status=streams.RUNNING,
+        )
+        reply = Reply()
+        with self.listener.watch(job.id) as cancel:
+            await self.listener.wait_ready(1.0)
+            if await streams.cancel_requested(self.redis, job.id):
+                cancel.set()
+            await self._converse(reply, cancel)
+        outcome = await _with_db_retries(lambda: self._finish(reply))
+        await self._end(outcome)
+
+    async def _end(self, outcome: Outcome) -> None:
+        await streams.finish(
+            self.redis,
+            self.job.id,
+            outcome.event,
+            outcome.data,
+            outcome.status,
+            self.rt.settings.stream_ttl_seconds,
+        )
+        log.info("chat_finished", job_id=self.job.id, status=outcome.status, terminal=outcome.event)
+
+    async def _begin(self, cancelled: bool) -> Outcome | None:
+        """Open the exchange's row, or say why it must not call the model."""
+        job, settings = self.job, self.rt.settings
+        params: dict[str, Any] = {
+            "id": job.id,
+            "user_id": job.user_id,
+            "model": job.model,
+            "prompt": job.prompt,
+        }
+        async with self.rt.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(SELECT_LOG, params)
+            row = await cur.fetchone()
+            if row is not None and row["completion"] is not None:
+                return _outcome_of_row(row)
+            if row is None:  # a job coming back after a crash was already admitted
+                if not await provision_user(
+                    conn, job.user_id, settings.default_monthly_token_budget
+                ):
+                    log.warning("chat_refused_deleted_user", job_id=job.id, user_id=job.user_id)
+                    return Outcome(
+                        "error",
+                        streams.ERROR,
+                        {"code": "user_deleted", "message": "This user has been deleted."},
+                    )
+                refusal = None
+                if cancelled:
+                    refusal = ("cancelled", "The chat was cancelled before it started.")
+                elif price_for(self.rt.prices, job.model) is None:
+                    refusal = ("model_not_priced", f"Model {job.model!r} has no price.")
+                elif await over_budget(conn, job.user_id):
+                    refusal = ("budget_exceeded", "The monthly token budget is used up.")
+                if refusal is not None:
+                    code, message = refusal
+                    meta = {**self._metadata(Reply()), "error": {"code": code, "message": message}}
+                    await conn.execute(REFUSED_LOG, {**params, "metadata": Jsonb(meta)})
+                    return Outcome("error", streams.ERROR, {"code": code, "message": message})
+            meta = {"state": "running", "attempt": 1, "request": job.request_metadata()}
+            await conn.execute(START_LOG, {**params, "metadata": Jsonb(meta)})
+        return None
+
+    async def _converse(self, reply: Reply, cancel: asyncio.Event) -> None:
+        """Talk to the model until it is done, fails for good, or the chat is cancelled."""
+        call = asyncio.create_task(self._call_with_retries(reply))
+        waiter = asyncio.create_task(cancel.wait())
+        try:
+            await asyncio.wait({call, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not call.done():
+                # The flag stops publishing even if a library swallows the cancel.
+                reply.cancelled = True
+                call.cancel()
+                await asyncio.wait({call}, timeout=CANCEL_WAIT_S)
+        if not reply.cancelled:
+            call.result()
+
+    async def _call_with_retries(self, reply: Reply) -> None:
+        for attempt, backoff in enumerate((*UPSTREAM_BACKOFF_S, None)):
+            try:
+                await self._call(reply)
+                return
+            except openai.BadRequestError as error:
+                if error.code == "content_policy_violation":
+                    reply.refusal = error.message
+                else:
+                    reply.error = ("upstream_rejected", error.message)
+                return
+            except openai.APIStatusError as error:
+                retryable = error.status_code in (408, 409, 429) or error.status_code >= 500
+                reply.error = ("upstream_error", f"The model answered {error.status_code}.")
+                wait = _retry_after(error.response.headers.get("retry-after"))
+            except (openai.APIError, httpx2.HTTPError) as error:
+                retryable = True
+                reply.error = ("upstream_unavailable", f"The model stream failed: {error!r}")
+                wait = None
+            if not retryable or reply.pieces or backoff is None:
+                return
+            delay = backoff * (0.5 + random.random()) if wait is None else wait  # noqa: S311
+            log.info(
+                "chat_upstream_retry",
+                job_id=self.job.id,
+                attempt=attempt + 1,
+                error=reply.error[0],
+                delay_s=round(delay, 3),
+            )
+            reply.error = None
+            await asyncio.sleep(delay)
+
+    async def _call(self, reply: Reply) -> None:
+        job = self.job
+        called = time.perf_counter()
+        reply.upstream_calls += 1
+        stream = await self.rt.openai.chat.completions.create(
+            model=job.model,
+            messages=cast("list[ChatCompletionMessageParam]", [dict(m) for m in job.messages]),
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=openai.omit if job.max_tokens is None else job.max_tokens,
+            temperature=openai.omit if job.temperature is None else job.temperature,
+        )
+        reply.opened = True
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    reply.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                for choice in chunk.choices:
+                    content = choice.delta.content if choice.delta else None
+                    if content:
+                        if reply.ttft_ms is None:
+                            reply.ttft_ms = round((time.perf_counter() - called) * 1e3, 3)
+                        await self._deliver(reply, content)
+                    if choice.delta and choice.delta.refusal:
+                        reply.refusal = (reply.refusal or "") + choice.delta.refusal
+                    if choice.finish_reason:
+                        reply.finish_reason = choice.finish_reason
+
+    async def _deliver(self, reply: Reply, piece: str) -> None:
+        if reply.cancelled:
+            raise asyncio.CancelledError
+        before = sum(len(p) for p in reply.pieces)
+        reply.pieces.append(piece)
+        after = before + len(piece)
+        if before < self.published_len:  # text a previous run already streamed
+            seen = self.published[before:after]
+            if not piece.startswith(seen):
+                self.diverged = True
+        if after <= self.published_len:
+            return
+        fresh = piece[max(self.published_len - before, 0) :]
+        first = self.published_len == 0
+        await streams.publish(self.redis, self.job.id, streams.DELTA, {"content": fresh})
+        self.published += fresh
+        self.published_len = after
+        if first:
+            await self.redis.expire(
+                streams.events_key(self.job.id), self.rt.settings.stream_ttl_seconds
+            )
+
+    async def _finish(self, reply: Reply) -> Outcome:
+        """Finalise the row and meter the call, in one statement."""
+        job = self.job
+        price = price_for(self.rt.prices, job.model)
+        if reply.usage is not None:
+            prompt_tokens, completion_tokens = reply.usage
+        else:
+            prompt_tokens = sum(estimate_tokens(m["content"]) for m in job.messages)
+            completion_tokens = estimate_tokens(reply.text)
+        cost = cost_microcents(price, prompt_tokens, completion_tokens) if price else 0
+        status, error = "ok", reply.error
+        if reply.cancelled:
+            status, error = "error", ("cancelled", "The chat was cancelled.")
+        elif reply.refusal is not None or reply.finish_reason == "content_filter":
+            status, error = "filtered", None
+        elif error is None and reply.finish_reason is None:
+            error = ("upstream_incomplete", "The model stream ended without a finish reason.")
+        if error is not None and status == "ok":
+            status = "error"
+        metered = reply.opened
+        if not metered:
+            prompt_tokens = completion_tokens = cost = 0
+        meta = {
+            **self._metadata(reply),
+            "usage_estimated": reply.usage is None and metered,
+            "cost_microcents": cost,
+            "status": status,
+            "error": None if error is None else {"code": error[0], "message": error[1]},
+        }
+        async with self.rt.pool.connection() as conn:
+            await conn.execute(
+                FINISH_LOG,
+                {
+                    "id": job.id,
+                    "completion": self.published,
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "cost_microcents": cost,
+                    "latency_ms": int((time.perf_counter() - self.started) * 1e3),
+                    "status": status,
+                    "metadata": Jsonb(meta),
+                    "metered": metered,
+                },
+            )
+        if error is not None and status == "error":
+            return Outcome(status, streams.ERROR, {"code": error[0], "message": error[1]})
+        return Outcome(
+            status,
+            streams.DONE,
+            {
+                "status": status,
+                "finish_reason": reply.finish_reason,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost_microcents": cost,
+            },
+        )
+
+    def _metadata(self, reply: Reply) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "state": "finished",
+            "request": self.job.request_metadata(),
+            "finish_reason": reply.finish_reason,
+            "ttft_ms": reply.ttft_ms,
+            "queue_ms": _since(self.job.requested_at),
+            "upstream_calls": reply.upstream_calls,
+        }
+        if reply.refusal is not None:
+            meta["refusal"] = reply.refusal
+        if reply.cancelled:
+            meta["cancelled"] = True
+        if len(self.published) > len(reply.text) or self.diverged:
+            meta["resume_diverged"] = self.diverged
+        return meta
+
+
+def _outcome_of_row(row: dict[str, Any]) -> Outcome:
+    """The terminal event of an exchange already finalised, rebuilt from its row."""
+    meta = row["metadata"] or {}
+    error = meta.get("error")
+    if row["status"] == "error" and isinstance(error, dict):
+        return Outcome(
+            "error", streams.ERROR, {"code": error.get("code"), "message": error.get("message")}
+        )
+    return Outcome(
+        row["status"],
+        streams.DONE,
+        {
+            "status": row["status"],
+            "finish_reason": meta.get("finish_reason"),
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "cost_microcents": meta.get("cost_microcents", 0),
+        },
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return None if seconds is None else min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _since(iso: str) -> float | None:
+    try:
+        then = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return round((datetime.now(UTC) - then).total_seconds() * 1e3, 3)
+
+
+async def _with_db_retries(step: Any) -> Any:
+    for backoff in (*DB_BACKOFF_S, None):
+        try:
+            return await step()
+        except Exception as error:
+            if backoff is None or not is_transient(error):
+                raise
+            log.warning("chat_db_retry", error=str(error), delay_s=backoff)
+            await asyncio.sleep(backoff)
+    raise AssertionError("unreachable")
+
+
+class ChatMiddleware(Middleware):
+    """Runs the process's cancel listener while the worker runs."""
+
+    def __init__(self, runtime: Runtime, listener: streams.CancelListener) -> None:
+        self.runtime, self.listener = runtime, listener
+
+    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        loop = get_event_loop_thread()
+        assert loop is not None, "AsyncIO middleware must come before ChatMiddleware"
+
+        async def start() -> None:
+            self.listener.start(self.runtime.redis)
+
+        loop.run_coroutine(start())
+
+    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        loop = get_event_loop_thread()
+        if loop is not None:
+            loop.run_coroutine(self.listener.stop())
+
+
+def declare(broker: Broker, runtime: Runtime) -> None:
+    """Declare the chat actor, and the middleware running its cancel listener, on `broker`."""
+    listener = streams.CancelListener()
+    # Before RuntimeMiddleware: it starts after the runtime opens, stops before it closes.
+    broker.add_middleware(ChatMiddleware(runtime, listener), before=RuntimeMiddleware)
+
+    async def run_chat(job: dict[str, Any]) -> None:
+        try:
+            chat = ChatJob.parse(job)
+        except InvalidChatJob as error:
+            log.error(
+                "chat_job_invalid",
+                reason=str(error),
+                job_id=job.get("id") if isinstance(job, dict) else None,
+            )
+            return
+        await _wait_until_open(runtime)
+        await Chat(runtime, listener, chat).run()
+
+    dramatiq.actor(
+        actor_name=ACTOR_NAME,
+        queue_name=CHAT_QUEUE,
+        broker=broker,
+        # Model errors are handled inside; only an outage of Postgres or Redis
+        # longer than the in-run retries fails a run, and a new run resumes it.
+        retry_when=_should_retry,
+        min_backoff=1_000,
+        max_backoff=30_000,
+        # Dramatiq's default limit (10 min) would cut a long generation short.
+        time_limit=TIME_LIMIT_MS,
+    )(run_chat)
+
+
+async def _wait_until_open(runtime: Runtime) -> None:
+    # Dramatiq starts worker threads before after_worker_boot, where the runtime
+    # opens, so a message waiting at start-up can arrive first.
+    deadline = time.monotonic() + RUNTIME_OPEN_WAIT_S
+    while True:
+        try:
+            runtime.pool, runtime.redis, runtime.openai  # noqa: B018
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def _should_retry(retries: int, error: BaseException) -> bool:
+    transient = is_transient(error) or isinstance(error, redis_sync.RedisError | OSError)
+    return transient and retries < MAX_RUN_RETRIES
