@@ -28,7 +28,7 @@ from dramatiq import Message
 from ingest import chat as chat_routes
 from ingest.app import create_app
 from ingest.cli import main as cli_main
-from ingest.embedded import EmbeddedRedis
+from ingest.embedded import EmbeddedRedis, free_port
 from ingest.model_server import running_model_server
 from ingest.queue import QueueUnavailable
 from workers import streams
@@ -419,6 +419,15 @@ def test_redis_down_is_503_for_chat_and_stream(
         assert response.headers["retry-after"] == "1"
         stream = httpx.get(f"{server.url}/v1/chat/{uuid.uuid4()}/stream", headers=headers)
         assert_error(stream, 503, "redis_unavailable")
+
+
+def test_postgres_down_is_503(settings: Settings, user_id: str) -> None:
+    nowhere = f"postgresql://aiwrap@127.0.0.1:{free_port()}/aiwrap"
+    with ServerThread(create_app(with_settings(settings, database_url=nowhere))) as server:
+        response = httpx.get(
+            f"{server.url}/v1/usage", headers=as_user(settings, user_id), timeout=30
+        )
+    assert_error(response, 503, "database_unavailable")
 
 
 def test_a_session_token_user_can_chat(
