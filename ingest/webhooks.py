@@ -145,7 +145,7 @@ class IdentityEnqueuer:
     def __init__(self, state: IngestState) -> None:
         self.state = state
         self.pending: list[tuple[Message[Any], asyncio.Future[None]]] = []
-        self.sending = False
+        self.sending: asyncio.Task[None] | None = None
 
     @staticmethod
     def of(request: Request) -> IdentityEnqueuer:
@@ -166,15 +166,17 @@ class IdentityEnqueuer:
         )
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending.append((message, sent))
-        if not self.sending:
-            self.sending = True
-            try:
-                while self.pending:
-                    batch, self.pending = self.pending, []
-                    await self._send(batch)
-            finally:
-                self.sending = False
+        if self.sending is None:
+            self.sending = asyncio.create_task(self._drain())
         await sent
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                await self._send(batch)
+        finally:
+            self.sending = None
 
     async def _send(self, batch: list[tuple[Message[Any], asyncio.Future[None]]]) -> None:
         broker = self.state.broker
@@ -188,11 +190,11 @@ class IdentityEnqueuer:
                     sent.set_exception(QueueUnavailable())
             log.warning("identity_enqueue_failed", error=type(error).__name__, events=len(batch))
             return
-        except BaseException as error:
+        except Exception as error:
             for _, sent in batch:
                 if not sent.done():
                     sent.set_exception(error)
-            raise
+            return
         for message, sent in batch:
             broker.emit_after("enqueue", message, None)
             if not sent.done():

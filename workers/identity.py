@@ -11,7 +11,8 @@ whatever order, duplication or concurrency the deliveries come in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
@@ -37,8 +38,11 @@ HANDLED_TYPES = frozenset({"user.created", "user.updated", "user.deleted"})
 #: between two; retries go on until the event applies.
 MIN_BACKOFF_MS = 100
 MAX_BACKOFF_MS = 30_000
-#: Retries of an unexpected (non-transient) error before it is dead-lettered.
-MAX_UNEXPECTED_RETRIES = 3
+#: Retries of an unexpected (non-transient) error before it is dead-lettered;
+#: with the backoff above they span a few seconds.
+MAX_UNEXPECTED_RETRIES = 5
+#: Most events applied in one transaction.
+MAX_GROUP = 64
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Clerk's timestamps are milliseconds; anything below this is seconds.
@@ -214,6 +218,54 @@ def _primary_email(data: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _statement(
+    svix_id: str, change: UserChanged | UserDeleted, default_budget: int
+) -> tuple[str, dict[str, Any]]:
+    if isinstance(change, UserDeleted):
+        return DELETE_USER, {
+            "svix_id": svix_id,
+            "id": change.user_id,
+            "deleted_at": change.deleted_at,
+        }
+    return UPSERT_USER, {
+        "svix_id": svix_id,
+        "id": change.user_id,
+        "email": change.email,
+        "first_name": change.first_name,
+        "last_name": change.last_name,
+        "image_url": change.image_url,
+        "updated_at": change.updated_at,
+        "display_name": change.display_name,
+        "budget": default_budget,
+    }  # fmt: skip
+
+
+async def apply_changes(
+    conn: AsyncConnection[Any],
+    deliveries: Sequence[tuple[str, UserChanged | UserDeleted]],
+    default_budget: int,
+) -> list[Outcome]:
+    """Apply parsed events, in order, in one transaction on `conn`; one outcome each."""
+    # Pipelined: BEGIN, every lock and statement, and COMMIT go out together,
+    # one round trip for the lot.
+    cursors = []
+    async with conn.pipeline():
+        async with conn.transaction():
+            for svix_id, change in deliveries:
+                sql, params = _statement(svix_id, change, default_budget)
+                await conn.execute(LOCK_USER, {"id": change.user_id})
+                cursor = conn.cursor(row_factory=tuple_row)
+                await cursor.execute(sql, params)
+                cursors.append(cursor)
+        rows = [await cursor.fetchone() for cursor in cursors]
+    outcomes = []
+    for row in rows:
+        assert row is not None
+        fresh, changed = row
+        outcomes.append(Outcome(duplicate=not fresh, changed=changed))
+    return outcomes
+
+
 async def apply_change(
     conn: AsyncConnection[Any],
     svix_id: str,
@@ -221,36 +273,83 @@ async def apply_change(
     default_budget: int,
 ) -> Outcome:
     """Apply one parsed event in its own transaction on `conn`."""
-    if isinstance(change, UserDeleted):
-        sql = DELETE_USER
-        params: dict[str, Any] = {
-            "svix_id": svix_id,
-            "id": change.user_id,
-            "deleted_at": change.deleted_at,
-        }
+    (outcome,) = await apply_changes(conn, [(svix_id, change)], default_budget)
+    return outcome
+
+
+class GroupApplier:
+    """Applies the events of every actor call in this process, many per transaction.
+
+    A worker process has one database connection, and an event costs little
+    more than the round trip and the commit it waits for. So events that
+    arrive while a transaction is in flight wait for it and then go together
+    in the next one: one round trip and one commit for all of them. An idle
+    system still applies each event at once.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.pending: list[tuple[str, UserChanged | UserDeleted, asyncio.Future[Outcome]]] = []
+        self.draining: asyncio.Task[None] | None = None
+
+    async def apply(self, svix_id: str, change: UserChanged | UserDeleted) -> Outcome:
+        """Apply one event; return once its transaction has committed."""
+        applied: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.pending.append((svix_id, change, applied))
+        if self.draining is None:
+            self.draining = asyncio.create_task(self._drain())
+        return await applied
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
+                # Every process takes its locks in the same order, so two
+                # groups never wait on each other's locks in a cycle.
+                batch.sort(key=lambda item: item[1].user_id)
+                await self._apply_group(batch)
+        finally:
+            self.draining = None
+
+    async def _apply_group(
+        self, batch: list[tuple[str, UserChanged | UserDeleted, asyncio.Future[Outcome]]]
+    ) -> None:
+        budget = self.runtime.settings.default_monthly_token_budget
+        try:
+            async with self.runtime.pool.connection() as conn:
+                try:
+                    outcomes = await apply_changes(conn, [(s, c) for s, c, _ in batch], budget)
+                except Exception as error:
+                    if len(batch) == 1 or is_transient(error):
+                        raise
+                    # One event the database refuses must not fail the others:
+                    # apply each on its own, so each fails or succeeds alone.
+                    for svix_id, change, applied in batch:
+                        try:
+                            _settle(applied, await apply_change(conn, svix_id, change, budget))
+                        except Exception as single_error:
+                            _settle(applied, error=single_error)
+                    return
+        except Exception as error:
+            for _, _, applied in batch:
+                _settle(applied, error=error)
+            return
+        for (_, _, applied), outcome in zip(batch, outcomes, strict=True):
+            _settle(applied, outcome)
+
+
+def _settle(
+    applied: asyncio.Future[Outcome],
+    outcome: Outcome | None = None,
+    error: BaseException | None = None,
+) -> None:
+    # A caller that gave up (its message was interrupted) has cancelled its future.
+    if applied.done():
+        return
+    if error is not None:
+        applied.set_exception(error)
     else:
-        sql = UPSERT_USER
-        params = {
-            "svix_id": svix_id,
-            "id": change.user_id,
-            "email": change.email,
-            "first_name": change.first_name,
-            "last_name": change.last_name,
-            "image_url": change.image_url,
-            "updated_at": change.updated_at,
-            "display_name": change.display_name,
-            "budget": default_budget,
-        }
-    # Pipelined: BEGIN, the lock, the statement and COMMIT go out together,
-    # one round trip per event instead of four.
-    async with conn.cursor(row_factory=tuple_row) as cur, conn.pipeline():
-        async with conn.transaction():
-            await conn.execute(LOCK_USER, {"id": change.user_id})
-            await cur.execute(sql, params)
-        row = await cur.fetchone()
-    assert row is not None
-    fresh, changed = row
-    return Outcome(duplicate=not fresh, changed=changed)
+        applied.set_result(outcome)  # type: ignore[arg-type]
 
 
 async def provision_user(conn: AsyncConnection[Any], user_id: str, default_budget: int) -> bool:
@@ -285,6 +384,7 @@ def should_retry(retries: int, error: BaseException) -> bool:
 
 def declare(broker: Any, runtime: Runtime) -> None:
     """Declare the identity actor on `broker`."""
+    applier = GroupApplier(runtime)
 
     async def apply_clerk_event(svix_id: str, event: dict[str, Any]) -> None:
         try:
@@ -297,10 +397,7 @@ def declare(broker: Any, runtime: Runtime) -> None:
                 event_type=event.get("type") if isinstance(event, dict) else None,
             )
             raise
-        async with runtime.pool.connection() as conn:
-            outcome = await apply_change(
-                conn, svix_id, change, runtime.settings.default_monthly_token_budget
-            )
+        outcome = await applier.apply(svix_id, change)
         log.debug(
             "clerk_event_applied",
             svix_id=svix_id,
