@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from workers.logs import configure_logging, get_logger
 from workers.settings import Settings
 
-from . import chat, health, webhooks
+from . import chat, health, metrics, webhooks
 from .errors import ApiError, handle_api_error, handle_http_exception
 from .state import IngestState
 
@@ -50,12 +50,16 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                elapsed = time.perf_counter() - started
+                route = scope.get("route")
+                template = getattr(route, "path", "unmatched")
+                metrics.observe_request(template, scope["method"], status, elapsed)
                 log.info(
                     "request",
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
 
 
@@ -82,7 +86,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.info("ingest_stopped")
 
     return Starlette(
-        routes=[*health.routes, *webhooks.routes, *chat.routes],
+        routes=[*health.routes, *metrics.routes, *webhooks.routes, *chat.routes],
         middleware=[Middleware(RequestContext)],
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
         lifespan=lifespan,

@@ -55,6 +55,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             threads=args.threads,
             queues=queues,
             grace_seconds=args.grace,
+            metrics_port=args.metrics_port or None,
+            metrics_host=args.metrics_host,
         )
     )
 
@@ -174,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds in-flight messages get to finish on SIGTERM (default %(default)s)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9191,
+        help="serve Prometheus metrics of all processes here; 0 turns them off "
+        "(default %(default)s)",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for metrics (default %(default)s)"
     )
     worker.set_defaults(handler=cmd_worker)
 

@@ -7,13 +7,15 @@ enqueued instead of polling Redis with a growing sleep (see WakingConsumer).
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.broker import Broker
+import structlog
 from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name
 from dramatiq.message import Message
@@ -158,8 +160,60 @@ class RuntimeMiddleware(Middleware):
             loop.run_coroutine(self.runtime.close())
 
 
-def build_broker(settings: Settings) -> WakingRedisBroker:
-    """Build the broker, its middleware and every actor, from settings."""
+class LogContext(Middleware):
+    """Binds the message id, actor and queue to every log line of a message."""
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id, actor=message.actor_name, queue=message.queue_name
+        )
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        structlog.contextvars.unbind_contextvars("message_id", "actor", "queue")
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        structlog.contextvars.unbind_contextvars("message_id", "actor", "queue")
+
+
+class ContextActor(dramatiq.Actor):  # type: ignore[type-arg]
+    """An actor whose async body logs with its message's context.
+
+    Async actors run on Dramatiq's event loop thread, whose tasks do not see
+    the contextvars bound on the worker thread; this carries them across.
+    """
+
+    def __init__(self, fn: Any, **kwargs: Any) -> None:
+        self.async_fn = fn if inspect.iscoroutinefunction(fn) else None
+        super().__init__(fn, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.async_fn is None:
+            return super().__call__(*args, **kwargs)
+        loop = get_event_loop_thread()
+        assert loop is not None, "async actors need the AsyncIO middleware"
+        context = structlog.contextvars.get_contextvars()
+        async_fn = self.async_fn
+
+        async def run_with_context() -> Any:
+            structlog.contextvars.bind_contextvars(**context)
+            return await async_fn(*args, **kwargs)
+
+        return loop.run_coroutine(run_with_context())
+
+
+def build_broker(settings: Settings, *, metrics: bool = False) -> WakingRedisBroker:
+    """Build the broker, its middleware and every actor, from settings.
+
+    With `metrics`, Dramatiq's Prometheus middleware is added too (it expects
+    the multiprocess directory `aiwrap worker` sets up; see workers/metrics.py).
+    """
     from . import chat, identity  # actors import the broker's names, so import them late
 
     broker = WakingRedisBroker(
@@ -172,8 +226,18 @@ def build_broker(settings: Settings) -> WakingRedisBroker:
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
     )
     runtime = Runtime(settings)
-    for middleware in (AsyncIO(), CurrentMessage(), RuntimeMiddleware(runtime)):
-        broker.add_middleware(middleware)
+    middleware: list[Middleware] = [
+        AsyncIO(),
+        CurrentMessage(),
+        LogContext(),
+        RuntimeMiddleware(runtime),
+    ]
+    if metrics:
+        from dramatiq.middleware.prometheus import Prometheus
+
+        middleware.append(Prometheus())
+    for each in middleware:
+        broker.add_middleware(each)
     identity.declare(broker, runtime)
     chat.declare(broker, runtime)
     for queue_name in QUEUES:

@@ -17,10 +17,17 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from .broker import QUEUES
 from .logs import configure_logging, get_logger
+from .metrics import (
+    mark_process_dead,
+    prepare_multiprocess_dir,
+    remove_multiprocess_dir,
+    serve_metrics,
+)
 from .settings import Settings
 
 log = get_logger(__name__)
@@ -38,6 +45,9 @@ class WorkerOptions:
     threads: int = 8
     queues: tuple[str, ...] = QUEUES
     grace_seconds: float = 30.0
+    #: Where the summed metrics of all processes are served; None turns metrics off.
+    metrics_port: int | None = 9191
+    metrics_host: str = "127.0.0.1"
 
 
 def run_worker_process(options: WorkerOptions, index: int) -> None:
@@ -56,8 +66,9 @@ def run_worker_process(options: WorkerOptions, index: int) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    broker = build_broker(settings)
+    broker = build_broker(settings, metrics=options.metrics_port is not None)
     dramatiq.set_broker(broker)
+    broker.emit_after("process_boot")
     worker = dramatiq.Worker(
         broker,
         queues=set(options.queues),
@@ -74,8 +85,10 @@ def run_worker_process(options: WorkerOptions, index: int) -> None:
     )
     stop.wait()
     log.info("worker_process_draining", index=index, grace_seconds=options.grace_seconds)
+    broker.emit_before("process_stop")
     worker.stop(timeout=int(options.grace_seconds * 1000))
     broker.close()
+    broker.emit_after("process_stop")
     log.info("worker_process_stopped", index=index)
 
 
@@ -92,6 +105,17 @@ class Supervisor:
         self.processes: dict[int, multiprocessing.process.BaseProcess] = {}
         self.started_at: dict[int, float] = {}
         self.stopping = threading.Event()
+        self.metrics_dir: Path | None = None
+
+    def start_metrics(self, port: int, host: str) -> None:
+        """Serve every process's metrics, summed, and the queue depths on host:port."""
+        from .broker import build_broker, queue_sizes
+
+        # Before any worker process starts: they read the directory at import.
+        self.metrics_dir = prepare_multiprocess_dir()
+        broker = build_broker(Settings.from_env())
+        serve_metrics(self.metrics_dir, port, host, lambda: queue_sizes(broker))
+        log.info("metrics_serving", url=f"http://{host}:{port}/metrics")
 
     def start_process(self, index: int) -> None:
         process = self.context.Process(
@@ -107,6 +131,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if self.options.metrics_port is not None:
+            self.start_metrics(self.options.metrics_port, self.options.metrics_host)
         for index in range(self.options.processes):
             self.start_process(index)
         log.info("supervisor_started", pid=os.getpid(), processes=self.options.processes)
@@ -119,6 +145,8 @@ class Supervisor:
                 # keeps dying at once waits longer each time.
                 if time.monotonic() - self.started_at[index] > 60:
                     delays[index] = self.MIN_RESTART_DELAY
+                if self.metrics_dir is not None and process.pid is not None:
+                    mark_process_dead(self.metrics_dir, process.pid)
                 log.warning(
                     "worker_process_died",
                     index=index,
@@ -153,6 +181,8 @@ class Supervisor:
                 )
                 process.kill()
                 process.join()
+        if self.metrics_dir is not None:
+            remove_multiprocess_dir(self.metrics_dir)
         log.info("supervisor_stopped")
         return 0
 

@@ -1,0 +1,134 @@
+"""Prometheus metrics: ingest's own, and the summed metrics of `aiwrap worker`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from dramatiq import Message
+
+from ingest.embedded import free_port
+from workers import identity
+from workers.broker import IDENTITY_QUEUE, WakingRedisBroker
+from workers.settings import Settings
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition, or None."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_ingest_counts_requests_by_route_template_and_status(http: httpx.Client) -> None:
+    for _ in range(3):
+        assert http.get("/healthz").status_code == 200
+    http.get("/v1/chat/00000000-0000-0000-0000-000000000000")  # 401: no credentials
+    text = http.get("/metrics").text
+    assert (sample(text, "aiwrap_http_requests_total", route="/healthz", status="200") or 0) >= 3
+    assert sample(text, "aiwrap_http_requests_total", route="/v1/chat/{id}", status="401") == 1
+    assert sample(text, "aiwrap_http_request_duration_seconds_count", route="/healthz")
+    assert sample(text, "aiwrap_queue_depth", queue="identity") is not None
+    assert sample(text, "aiwrap_queue_depth", queue="chat") is not None
+
+
+def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None:
+    before = (
+        sample(
+            http.get("/metrics").text,
+            "aiwrap_webhook_verification_failures_total",
+            reason="missing_headers",
+        )
+        or 0
+    )
+    response = http.post("/webhooks/clerk", content=b"{}")
+    assert response.status_code == 400
+    after = sample(
+        http.get("/metrics").text,
+        "aiwrap_webhook_verification_failures_total",
+        reason="missing_headers",
+    )
+    assert after == before + 1
+
+
+@pytest.fixture
+def worker_with_metrics(settings: Settings) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "AIWRAP_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "worker",
+            "--processes",
+            "2",
+            "--threads",
+            "2",
+            "--metrics-port",
+            str(port),
+            "--grace",
+            "5",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_the_supervisor_serves_the_sum_of_its_processes_metrics(
+    worker_with_metrics: str, broker: WakingRedisBroker, user_id: str
+) -> None:
+    now_ms = int(time.time() * 1000)
+    event = {
+        "type": "user.created",
+        "timestamp": now_ms,
+        "data": {"id": user_id, "updated_at": now_ms, "first_name": "Ada"},
+    }
+    for n in range(2):
+        broker.enqueue(
+            Message(
+                queue_name=IDENTITY_QUEUE,
+                actor_name=identity.ACTOR_NAME,
+                args=(f"msg_{user_id}_{n}", event),
+                kwargs={},
+                options={},
+            )
+        )
+
+    def processed(text: str) -> float:
+        return sample(text, "dramatiq_messages_total", actor_name=identity.ACTOR_NAME) or 0
+
+    text = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(worker_with_metrics, timeout=2).text
+        except httpx.HTTPError:
+            text = ""
+        if processed(text) >= 2:
+            break
+        time.sleep(0.2)
+    assert processed(text) >= 2, "Dramatiq's Prometheus middleware did not count the messages"
+    assert sample(text, "aiwrap_queue_depth", queue="identity") is not None
+    assert sample(text, "aiwrap_queue_depth", queue="chat") is not None
