@@ -29,7 +29,17 @@ from workers.broker import WakingRedisBroker, build_broker
 from workers.schema import apply_schema
 from workers.settings import Settings
 
+from .pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 - session fixtures
 from .support import ServerThread
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--via-pgbouncer",
+        action="store_true",
+        help="workers and ingest reach Postgres through a real PgBouncer in transaction "
+        "mode with two server connections (tests still arrange and assert directly)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,10 +84,19 @@ def migrated(database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(migrated: str, redis_url: str) -> Settings:
+def app_database_url(request: pytest.FixtureRequest, migrated: str) -> str:
+    """Where the code under test reaches Postgres: directly, or through PgBouncer."""
+    if request.config.getoption("--via-pgbouncer"):
+        url: str = request.getfixturevalue("pgbouncer_url")
+        return url
+    return migrated
+
+
+@pytest.fixture(scope="session")
+def settings(app_database_url: str, redis_url: str) -> Settings:
     """Settings every test shares; tests that need others use dataclasses.replace."""
     return Settings(
-        database_url=migrated,
+        database_url=app_database_url,
         redis_url=redis_url,
         clerk_webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         api_keys=("aiw_test_" + secrets.token_urlsafe(16),),

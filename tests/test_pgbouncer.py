@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from workers.db import CONNECTION_KWARGS, is_transient, make_pool
 
 # The session fixtures too, until conftest imports them for the whole suite.
-from .pgbouncer import PgBouncer, PgBouncerNotInstalled, pgbouncer, pgbouncer_url  # noqa: F401
+from .pgbouncer import PgBouncer, PgBouncerNotInstalled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def lock_key() -> int:
 
 
 def test_aiwraps_pools_share_two_server_connections_through_transaction_mode(
-    pgbouncer_url: str,  # noqa: F811
+    pgbouncer_url: str,
 ) -> None:
     runs = run_workload(pgbouncer_url, make_pool)
 
@@ -256,7 +256,7 @@ def run_migrate(database_url: str, redis_url: str) -> subprocess.Popen[str]:
 
 
 def test_aiwrap_migrate_works_through_pgbouncer_even_twice_at_once(
-    pgbouncer: PgBouncer,  # noqa: F811
+    pgbouncer: PgBouncer,
     migrated: str,
     redis_url: str,
 ) -> None:

@@ -114,7 +114,18 @@ class Supervisor:
         # Before any worker process starts: they read the directory at import.
         self.metrics_dir = prepare_multiprocess_dir()
         broker = build_broker(Settings.from_env())
-        serve_metrics(self.metrics_dir, port, host, lambda: queue_sizes(broker))
+        try:
+            serve_metrics(self.metrics_dir, port, host, lambda: queue_sizes(broker))
+        except OSError as error:
+            # Metrics are for watching the work, not a reason to stop doing it.
+            log.error(
+                "metrics_unavailable",
+                host=host,
+                port=port,
+                error=str(error),
+                hint="pass --metrics-port with a free port, or 0 to turn metrics off",
+            )
+            return
         log.info("metrics_serving", url=f"http://{host}:{port}/metrics")
 
     def start_process(self, index: int) -> None:
