@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from workers.logs import configure_logging, get_logger
 from workers.settings import Settings
 
-from . import chat, health, metrics, webhooks
+from . import admin, chat, health, history, metrics, openapi, sse, webhooks
 from .errors import ApiError, handle_api_error, handle_http_exception
 from .state import IngestState
 
@@ -86,7 +86,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.info("ingest_stopped")
 
     return Starlette(
-        routes=[*health.routes, *metrics.routes, *webhooks.routes, *chat.routes],
+        routes=[
+            *health.routes,
+            *metrics.routes,
+            *openapi.routes,
+            *webhooks.routes,
+            *chat.routes,
+            *sse.routes,
+            *history.routes,
+            *admin.routes,
+        ],
         middleware=[Middleware(RequestContext)],
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
         lifespan=lifespan,

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from dramatiq import Message
 
 from ingest import chat as chat_routes
+from ingest import sse as sse_routes
 from ingest.app import create_app
 from ingest.cli import main as cli_main
 from ingest.embedded import EmbeddedRedis, free_port
@@ -576,7 +577,7 @@ def test_a_live_stream_relays_events_as_they_are_published(
     user_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(chat_routes, "KEEPALIVE_MS", 100)
+    monkeypatch.setattr(sse_routes, "KEEPALIVE_MS", 100)
     chat_id = fake_job(settings, user_id)
     result: dict[str, Sse] = {}
     waiting = threading.Event()

@@ -1,0 +1,89 @@
+"""GET /v1/chats (the caller's exchanges, newest first) and GET /v1/usage (this month's).
+
+History is keyset-paginated on idx_log_user_time: `next_before` is an opaque cursor for
+the last row of a page, and passing it back as `before` gives the next page, with no
+overlap and no gap even when rows share a timestamp. The SQL is workers/history.py's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from workers import history, metering
+
+from .auth import ensure_active, require_user
+from .requests import InvalidInput, caller, database, exchange_json
+from .state import IngestState
+
+DEFAULT_PAGE: Final = 20
+MAX_PAGE: Final = 100
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, row_id = json.loads(raw)
+        return datetime.fromisoformat(at), str(uuid.UUID(row_id))
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidInput("before", "not a cursor this server issued (use next_before).") from None
+
+
+async def list_chats(request: Request) -> Response:
+    state = IngestState.of(request)
+    user_id = require_user(caller(request))
+    raw_limit = request.query_params.get("limit", str(DEFAULT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise InvalidInput("limit", f"must be an integer from 1 to {MAX_PAGE}.")
+    limit = int(raw_limit)
+    before = request.query_params.get("before")
+    cursor = decode_cursor(before) if before else None
+    async with database(state) as conn:
+        await ensure_active(conn, user_id)
+        # One row more than the page tells whether there is a next page.
+        rows = await history.history_page(conn, user_id, limit=limit + 1, before=cursor)
+    page = rows[:limit]
+    next_before = (
+        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    )
+    return JSONResponse({"items": [exchange_json(r) for r in page], "next_before": next_before})
+
+
+async def usage(request: Request) -> Response:
+    state = IngestState.of(request)
+    user_id = require_user(caller(request))
+    async with database(state) as conn:
+        await ensure_active(conn, user_id)
+        month = await metering.month_usage(conn, user_id)
+    return JSONResponse(
+        {
+            "month": month.month,
+            "tokens_used": month.tokens_used,
+            "monthly_token_budget": month.monthly_token_budget,
+            "remaining": month.remaining,
+            "cost_microcents": month.cost_microcents,
+            "by_model": [
+                {"model": m.model, "tokens": m.tokens, "cost_microcents": m.cost_microcents}
+                for m in month.by_model
+            ],
+        }
+    )
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/chats", list_chats, methods=["GET"]),
+    Route("/v1/usage", usage, methods=["GET"]),
+]

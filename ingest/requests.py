@@ -1,0 +1,150 @@
+"""What every /v1 route does with its request: who is calling, the JSON body, the chat id
+in the path, a priced model, and Postgres or Redis outages answered as 503.
+
+Errors are `{"error": {"code", "message"}}`; a message names the field and what is wrong
+with it. The ingest pool holds one connection, so each route takes it once, does all its
+reads in one go, and gives it back before any Redis I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis.exceptions
+from starlette.requests import Request
+
+from workers import metering
+
+from .auth import Caller, authenticate
+from .errors import ApiError
+from .state import IngestState
+
+
+class InvalidInput(ApiError):
+    """A request field is missing, malformed or out of range."""
+
+    def __init__(self, field: str, why: str, code: str = "invalid_request") -> None:
+        super().__init__(400, code, f"{field}: {why}")
+
+
+class NotFound(ApiError):
+    """No such chat for this caller (it may be someone else's: that looks the same)."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "not_found", "No chat with this id.")
+
+
+@asynccontextmanager
+async def database(state: IngestState) -> AsyncIterator[Any]:
+    """The pool's one connection, with an outage answered as 503."""
+    try:
+        async with state.pool.connection() as conn:
+            yield conn
+    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+        raise ApiError(
+            503,
+            "database_unavailable",
+            "The database is unavailable. Retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from error
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """A Redis outage answered as 503."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            "Redis is unavailable. Retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from error
+
+
+@lru_cache(maxsize=4)
+def prices(path: Path | None) -> dict[str, metering.Price]:
+    """The price table, read once per process (and per AIWRAP_PRICES)."""
+    return metering.load_prices(path)
+
+
+def check_priced(state: IngestState, model: str, field: str = "model") -> None:
+    """Refuse a model aiwrap has no price for: it could never be metered."""
+    if metering.price_for(prices(state.settings.prices_path), model) is None:
+        raise InvalidInput(
+            field, f"{model!r} is not a model aiwrap has a price for.", code="unknown_model"
+        )
+
+
+def caller(request: Request, *, allow_cookie: bool = False) -> Caller:
+    """Who is calling (see ingest/auth.py), or 401."""
+    return authenticate(request, IngestState.of(request).settings, allow_cookie=allow_cookie)
+
+
+def chat_id(request: Request) -> str:
+    """The path's chat id in canonical form; anything that is not a UUID is no chat."""
+    try:
+        return str(uuid.UUID(request.path_params["id"]))
+    except ValueError:
+        raise NotFound() from None
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, refusing more than `limit` bytes before reading them."""
+    declared = request.headers.get("content-length", "")
+    too_large = ApiError(
+        413, "request_too_large", f"The request body is over the {limit}-byte limit."
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return value
+
+
+def reject_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
+    """Refuse a field the route does not take, rather than silently ignore a typo."""
+    for name in body:
+        if name not in known:
+            raise InvalidInput(name, f"unknown field; this route takes {', '.join(sorted(known))}.")
+
+
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def iso(value: datetime) -> str:
+    """A timestamp in this API's form: ISO 8601, UTC, with a Z."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def iso_text(value: str) -> str:
+    """An ISO timestamp written by someone else, in this API's form when it parses."""
+    try:
+        return iso(datetime.fromisoformat(value))
+    except ValueError:
+        return value
+
+
+def exchange_json(row: dict[str, Any]) -> dict[str, Any]:
+    """An exchange row of workers/history.py as the API shows it."""
+    return {**row, "created_at": iso(row["created_at"])}

@@ -1,0 +1,166 @@
+"""GET /v1/chat/{id}/stream: a chat's answer as Server-Sent Events.
+
+While the chat's Redis stream lives, events are relayed from it as the worker publishes
+them, each with its stream entry id as the SSE `id:`, so a client reconnecting with
+`Last-Event-ID` (or `?last_event_id=`) resumes with no gap and no repeat. Once the stream
+has expired, a finished exchange is replayed from Postgres as one delta and its end.
+Event names and payloads are in docs/chat-contract.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import redis.exceptions
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from workers import streams
+
+from .auth import ensure_active, require_user
+from .chat import find_exchange
+from .requests import InvalidInput, NotFound, caller, chat_id, database, redis_errors
+from .state import IngestState
+
+#: How long one XREAD waits before the stream sends a keepalive comment. Well under the
+#: Redis client's 10 s socket timeout and the 30-60 s idle timeouts of common proxies.
+KEEPALIVE_MS: Final = 5000
+#: Whole seconds one SSE response may last; EventSource reconnects with Last-Event-ID.
+MAX_STREAM_S: Final = 3600
+#: Tells EventSource to reconnect after this many milliseconds.
+RETRY_MS: Final = 1000
+STREAM_ID: Final = re.compile(r"\d{1,20}-\d{1,20}")
+SSE_HEADERS: Final = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # nginx: pass each event through as it is written
+}
+
+#: Ids of the two events a replay from Postgres sends: the whole text, then the end.
+REPLAY_TEXT_ID: Final = "0-1"
+REPLAY_END_ID: Final = "0-2"
+
+
+def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def resume_point(request: Request) -> str:
+    """Where a reconnecting client left off: Last-Event-ID, or ?last_event_id= for clients
+    that cannot set headers. "0-0" reads from the start."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if not raw:
+        return "0-0"
+    if not STREAM_ID.fullmatch(raw.strip()):
+        raise InvalidInput("Last-Event-ID", "must be an event id this stream sent (like 1-0).")
+    return raw.strip()
+
+
+async def stream_chat(request: Request) -> Response:
+    state = IngestState.of(request)
+    user_id = require_user(caller(request, allow_cookie=True))
+    job_id = chat_id(request)
+    after = resume_point(request)
+    async with database(state) as conn:
+        await ensure_active(conn, user_id)
+    with redis_errors():
+        record = await streams.read_job_record(state.redis, job_id)
+    if record is None:
+        # The Redis stream expired (or never was): replay the finished exchange from Postgres.
+        exchange = await find_exchange(state, user_id, job_id)
+        return StreamingResponse(
+            replay(exchange, after), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    if record.user_id != user_id:
+        raise NotFound()
+    return StreamingResponse(
+        relay(state, job_id, after), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+async def relay(state: IngestState, job_id: str, after: str) -> AsyncIterator[str]:
+    """The chat's Redis stream as SSE, from after `after` to its terminal event."""
+    yield f"retry: {RETRY_MS}\n\n"
+    deadline = time.monotonic() + MAX_STREAM_S
+    while time.monotonic() < deadline:
+        try:
+            events = await streams.read_events(
+                state.redis, job_id, after_id=after, block_ms=KEEPALIVE_MS, count=256
+            )
+            if not events and not await state.redis.exists(streams.job_key(job_id)):
+                yield sse(
+                    streams.ERROR,
+                    {"code": "stream_expired", "message": "The chat's stream expired unfinished."},
+                )
+                return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # No id: a client reconnecting resumes after the last event it did get.
+            yield sse(
+                streams.ERROR,
+                {"code": "stream_unavailable", "message": "Redis went away; reconnect to resume."},
+            )
+            return
+        if not events:
+            yield ": keepalive\n\n"
+            continue
+        for event in events:
+            yield sse(event.event, event.data, event.id)
+            after = event.id
+            if event.terminal:
+                return
+    # Reached only after MAX_STREAM_S: EventSource reconnects, resuming where this left off.
+
+
+async def replay(exchange: dict[str, Any], after: str) -> AsyncIterator[str]:
+    """A finished exchange from Postgres as SSE, for a client later than the stream's TTL."""
+    yield f"retry: {RETRY_MS}\n\n"
+    if exchange["status"] not in streams.FINAL_STATUSES:
+        yield sse(
+            streams.ERROR,
+            {"code": "stream_expired", "message": "The chat's stream expired unfinished."},
+        )
+        return
+    if after not in ("0-0", REPLAY_TEXT_ID):
+        # The client read part of the live stream; what it got cannot be matched up.
+        yield sse(
+            streams.ERROR,
+            {"code": "stream_expired", "message": "The stream expired; GET the chat for its text."},
+        )
+        return
+    if after == "0-0" and exchange["completion"]:
+        yield sse(streams.DELTA, {"content": exchange["completion"]}, REPLAY_TEXT_ID)
+    metadata = exchange.get("metadata") or {}
+    if exchange["status"] == "error":
+        error = metadata.get("error")
+        error = error if isinstance(error, dict) else {}
+        yield sse(
+            streams.ERROR,
+            {
+                "code": error.get("code", "error"),
+                "message": error.get("message", "The chat failed."),
+            },
+            REPLAY_END_ID,
+        )
+        return
+    yield sse(
+        streams.DONE,
+        {
+            key: exchange[key]
+            for key in (
+                "status",
+                "finish_reason",
+                "prompt_tokens",
+                "completion_tokens",
+                "cost_microcents",
+            )
+        },
+        REPLAY_END_ID,
+    )
+
+
+routes: list[BaseRoute] = [Route("/v1/chat/{id}/stream", stream_chat, methods=["GET"])]
