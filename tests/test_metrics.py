@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -31,15 +32,25 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_ingest_counts_requests_by_route_template_and_status(http: httpx.Client) -> None:
+    def unauthorized(text: str) -> float:
+        return sample(text, "aiwrap_http_requests_total", route="/v1/chat/{id}", status="401") or 0
+
+    before = http.get("/metrics").text
     for _ in range(3):
         assert http.get("/healthz").status_code == 200
-    http.get("/v1/chat/00000000-0000-0000-0000-000000000000")  # 401: no credentials
-    text = http.get("/metrics").text
-    assert (sample(text, "aiwrap_http_requests_total", route="/healthz", status="200") or 0) >= 3
-    assert sample(text, "aiwrap_http_requests_total", route="/v1/chat/{id}", status="401") == 1
-    assert sample(text, "aiwrap_http_request_duration_seconds_count", route="/healthz")
-    assert sample(text, "aiwrap_queue_depth", queue="identity") is not None
-    assert sample(text, "aiwrap_queue_depth", queue="chat") is not None
+    for _ in range(2):  # no credentials: 401, counted under the route's template
+        http.get(f"/v1/chat/{uuid.uuid4()}")
+    after = http.get("/metrics").text
+    healthz = sample(after, "aiwrap_http_requests_total", route="/healthz", status="200") or 0
+    assert (
+        healthz
+        - (sample(before, "aiwrap_http_requests_total", route="/healthz", status="200") or 0)
+        == 3
+    )
+    assert unauthorized(after) - unauthorized(before) == 2
+    assert sample(after, "aiwrap_http_request_duration_seconds_count", route="/healthz")
+    assert sample(after, "aiwrap_queue_depth", queue="identity") is not None
+    assert sample(after, "aiwrap_queue_depth", queue="chat") is not None
 
 
 def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None:
