@@ -659,3 +659,34 @@ def test_a_late_update_racing_a_delete_never_resurrects_the_user_where_the_seed_
             break
     assert seed_resurrected, f"the seed never resurrected a user in {ATTEMPTS} races"
     assert all(stays_deleted(use_seed=False) for _ in range(ATTEMPTS // 2))
+
+
+@hsettings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(shuffled_deliveries(), st.integers(1, 12))
+def test_any_history_applied_in_groups_of_any_size_leaves_exactly_clerks_state(
+    migrated: str,
+    conn: psycopg.Connection[dict[str, Any]],
+    case: tuple[list[History], list[tuple[str, dict[str, Any]]]],
+    group: int,
+) -> None:
+    users, deliveries = case
+    parsed = [(delivery_id, parse_clerk_event(event)) for delivery_id, event in deliveries]
+
+    async def apply_in_groups() -> list[identity.Outcome]:
+        outcomes = []
+        async with await psycopg.AsyncConnection.connect(migrated, **CONNECTION_KWARGS) as c:
+            for start in range(0, len(parsed), group):
+                outcomes += await identity.apply_changes(c, parsed[start : start + group], BUDGET)
+        return outcomes
+
+    outcomes = asyncio.run(apply_in_groups())
+    assert_converged(conn, users)
+    # Each svix-id did its work once; every later delivery of it was a duplicate.
+    first_seen: set[str] = set()
+    for (delivery_id, _), outcome in zip(parsed, outcomes, strict=True):
+        assert outcome.duplicate == (delivery_id in first_seen)
+        first_seen.add(delivery_id)

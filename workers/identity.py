@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import dramatiq
-from psycopg import AsyncConnection
+from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.rows import tuple_row
 
 from .broker import IDENTITY_QUEUE
@@ -52,25 +52,41 @@ LARGEST_MS = 253_402_300_799_999
 
 # Serialises every change to one user, for the length of the transaction.
 # Transaction-scoped, so it works through PgBouncer in transaction mode. It
-# must be its own statement: the statement after it then takes its snapshot
-# once the lock is held, and sees everything the previous holder committed.
+# must be its own statement: the statements after it then take their
+# snapshots once the lock is held, and see everything the last holder committed.
 LOCK_USER = "SELECT pg_advisory_xact_lock(hashtext(%(id)s))"
 
-# The delivery is recorded first; the other CTEs only act when it is new, so
-# a redelivery does nothing (the guards below would make it a no-op anyway).
-UPSERT_USER = """
-WITH delivery AS (
-    INSERT INTO clerk_deliveries (svix_id) VALUES (%(svix_id)s)
+# The same for every user of a group, in key order: two transactions that
+# lock some of the same users then never wait on each other in a cycle.
+LOCK_USERS = """
+SELECT pg_advisory_xact_lock(key)
+FROM (SELECT DISTINCT hashtext(id) AS key FROM unnest(%(ids)s::text[]) AS id ORDER BY key) AS keys
+"""
+
+# Each statement below applies a set of events, at most one per user, in one
+# go (a group costs one plan, not one per event). The delivery is recorded
+# first; only new deliveries act, so a redelivery does nothing (the guards
+# would make it a no-op anyway). One row comes back per event, in order.
+UPSERT_USERS = """
+WITH input AS (
+    SELECT * FROM unnest(
+        %(svix_ids)s::text[], %(ids)s::text[], %(emails)s::text[], %(first_names)s::text[],
+        %(last_names)s::text[], %(image_urls)s::text[], %(updated_ats)s::timestamptz[],
+        %(display_names)s::text[]
+    ) WITH ORDINALITY
+    AS t(svix_id, id, email, first_name, last_name, image_url, updated_at, display_name, n)
+), delivery AS (
+    INSERT INTO clerk_deliveries (svix_id) SELECT svix_id FROM input
     ON CONFLICT (svix_id) DO NOTHING
     RETURNING svix_id
 ), upserted AS (
     INSERT INTO "user" (id, email, first_name, last_name, image_url, updated_at)
-    SELECT %(id)s, %(email)s, %(first_name)s, %(last_name)s, %(image_url)s, %(updated_at)s
-    WHERE EXISTS (SELECT 1 FROM delivery)
-      AND NOT EXISTS (
-          SELECT 1 FROM user_tombstones
-          WHERE user_id = %(id)s AND deleted_at >= %(updated_at)s
-      )
+    SELECT i.id, i.email, i.first_name, i.last_name, i.image_url, i.updated_at
+    FROM input AS i JOIN delivery USING (svix_id)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM user_tombstones AS t
+        WHERE t.user_id = i.id AND t.deleted_at >= i.updated_at
+    )
     ON CONFLICT (id) DO UPDATE SET
         email = EXCLUDED.email,
         first_name = EXCLUDED.first_name,
@@ -81,27 +97,40 @@ WITH delivery AS (
     RETURNING id
 ), profile AS (
     INSERT INTO user_profiles (user_id, display_name, monthly_token_budget)
-    SELECT id, %(display_name)s, %(budget)s FROM upserted
+    SELECT i.id, i.display_name, %(budget)s FROM input AS i JOIN upserted USING (id)
     ON CONFLICT (user_id) DO NOTHING
 )
-SELECT EXISTS (SELECT 1 FROM delivery), EXISTS (SELECT 1 FROM upserted)
+SELECT delivery.svix_id IS NOT NULL, upserted.id IS NOT NULL
+FROM input
+LEFT JOIN delivery USING (svix_id)
+LEFT JOIN upserted USING (id)
+ORDER BY input.n
 """
 
-DELETE_USER = """
-WITH delivery AS (
-    INSERT INTO clerk_deliveries (svix_id) VALUES (%(svix_id)s)
+DELETE_USERS = """
+WITH input AS (
+    SELECT * FROM unnest(%(svix_ids)s::text[], %(ids)s::text[], %(deleted_ats)s::timestamptz[])
+    WITH ORDINALITY AS t(svix_id, id, deleted_at, n)
+), delivery AS (
+    INSERT INTO clerk_deliveries (svix_id) SELECT svix_id FROM input
     ON CONFLICT (svix_id) DO NOTHING
     RETURNING svix_id
 ), removed AS (
-    DELETE FROM "user" WHERE id = %(id)s AND EXISTS (SELECT 1 FROM delivery)
-    RETURNING id
+    DELETE FROM "user" AS u
+    USING input AS i JOIN delivery USING (svix_id)
+    WHERE u.id = i.id
+    RETURNING u.id
 ), tombstone AS (
     INSERT INTO user_tombstones (user_id, deleted_at)
-    SELECT %(id)s, %(deleted_at)s WHERE EXISTS (SELECT 1 FROM delivery)
+    SELECT i.id, i.deleted_at FROM input AS i JOIN delivery USING (svix_id)
     ON CONFLICT (user_id) DO UPDATE
     SET deleted_at = GREATEST(user_tombstones.deleted_at, EXCLUDED.deleted_at)
 )
-SELECT EXISTS (SELECT 1 FROM delivery), EXISTS (SELECT 1 FROM removed)
+SELECT delivery.svix_id IS NOT NULL, removed.id IS NOT NULL
+FROM input
+LEFT JOIN delivery USING (svix_id)
+LEFT JOIN removed USING (id)
+ORDER BY input.n
 """
 
 PROVISION_USER = """
@@ -218,52 +247,104 @@ def _primary_email(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _statement(
-    svix_id: str, change: UserChanged | UserDeleted, default_budget: int
-) -> tuple[str, dict[str, Any]]:
-    if isinstance(change, UserDeleted):
-        return DELETE_USER, {
-            "svix_id": svix_id,
-            "id": change.user_id,
-            "deleted_at": change.deleted_at,
-        }
-    return UPSERT_USER, {
-        "svix_id": svix_id,
-        "id": change.user_id,
-        "email": change.email,
-        "first_name": change.first_name,
-        "last_name": change.last_name,
-        "image_url": change.image_url,
-        "updated_at": change.updated_at,
-        "display_name": change.display_name,
-        "budget": default_budget,
-    }  # fmt: skip
+Delivery = tuple[str, "UserChanged | UserDeleted"]
+
+
+def _rounds(deliveries: Sequence[Delivery]) -> list[list[int]]:
+    """Split deliveries (by index) into rounds holding each user and svix-id at most once."""
+    rounds: list[list[int]] = []
+    seen: list[set[str]] = []
+    for index, (svix_id, change) in enumerate(deliveries):
+        keys = {"u:" + change.user_id, "s:" + svix_id}
+        for members, taken in zip(rounds, seen, strict=True):
+            if not keys & taken:
+                members.append(index)
+                taken.update(keys)
+                break
+        else:
+            rounds.append([index])
+            seen.append(keys)
+    return rounds
+
+
+def _statements(
+    deliveries: Sequence[Delivery], indexes: list[int], default_budget: int
+) -> list[tuple[str, dict[str, Any], list[int]]]:
+    changed = [(i, c) for i in indexes if isinstance(c := deliveries[i][1], UserChanged)]
+    deleted = [(i, d) for i in indexes if isinstance(d := deliveries[i][1], UserDeleted)]
+    statements = []
+    if changed:
+        statements.append(
+            (
+                UPSERT_USERS,
+                {
+                    "svix_ids": [deliveries[i][0] for i, _ in changed],
+                    "ids": [c.user_id for _, c in changed],
+                    "emails": [c.email for _, c in changed],
+                    "first_names": [c.first_name for _, c in changed],
+                    "last_names": [c.last_name for _, c in changed],
+                    "image_urls": [c.image_url for _, c in changed],
+                    "updated_ats": [c.updated_at for _, c in changed],
+                    "display_names": [c.display_name for _, c in changed],
+                    "budget": default_budget,
+                },
+                [i for i, _ in changed],
+            )
+        )
+    if deleted:
+        statements.append(
+            (
+                DELETE_USERS,
+                {
+                    "svix_ids": [deliveries[i][0] for i, _ in deleted],
+                    "ids": [d.user_id for _, d in deleted],
+                    "deleted_ats": [d.deleted_at for _, d in deleted],
+                },
+                [i for i, _ in deleted],
+            )
+        )
+    return statements  # fmt: skip
 
 
 async def apply_changes(
-    conn: AsyncConnection[Any],
-    deliveries: Sequence[tuple[str, UserChanged | UserDeleted]],
-    default_budget: int,
+    conn: AsyncConnection[Any], deliveries: Sequence[Delivery], default_budget: int
 ) -> list[Outcome]:
-    """Apply parsed events, in order, in one transaction on `conn`; one outcome each."""
-    # Pipelined: BEGIN, every lock and statement, and COMMIT go out together,
-    # one round trip for the lot.
-    cursors = []
-    async with conn.pipeline():
-        async with conn.transaction():
-            for svix_id, change in deliveries:
-                sql, params = _statement(svix_id, change, default_budget)
-                await conn.execute(LOCK_USER, {"id": change.user_id})
-                cursor = conn.cursor(row_factory=tuple_row)
-                await cursor.execute(sql, params)
-                cursors.append(cursor)
-        rows = [await cursor.fetchone() for cursor in cursors]
-    outcomes = []
-    for row in rows:
-        assert row is not None
-        fresh, changed = row
-        outcomes.append(Outcome(duplicate=not fresh, changed=changed))
-    return outcomes
+    """Apply parsed events in one transaction on `conn` (idle, not in a transaction).
+
+    Returns one outcome per event, in order. Events for one user apply in the
+    order given; the result does not depend on it.
+    """
+    planned = [
+        statement
+        for indexes in _rounds(deliveries)
+        for statement in _statements(deliveries, indexes, default_budget)
+    ]
+    # One round trip for the lot: the statements are bound on this side and
+    # sent as one simple query, which Postgres runs as one implicit
+    # transaction, each statement with its own snapshot (so the ones after
+    # the lock see what the lock's last holder committed).
+    binder = AsyncClientCursor(conn)
+    script = ";\n".join([
+        binder.mogrify(LOCK_USERS, {"ids": [c.user_id for _, c in deliveries]}),
+        *(binder.mogrify(sql, params) for sql, params, _ in planned),
+    ])  # fmt: skip
+    outcomes: dict[int, Outcome] = {}
+    autocommit = conn.autocommit
+    if not autocommit:
+        # Else psycopg opens a transaction of its own first: one more round trip.
+        await conn.set_autocommit(True)
+    try:
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            await cursor.execute(script.encode())
+            for _, _, indexes in planned:
+                assert cursor.nextset(), "a statement of the group returned nothing"
+                rows = await cursor.fetchall()
+                for index, (fresh, changed) in zip(indexes, rows, strict=True):
+                    outcomes[index] = Outcome(duplicate=not fresh, changed=changed)
+    finally:
+        if not autocommit:
+            await conn.set_autocommit(False)
+    return [outcomes[i] for i in range(len(deliveries))]
 
 
 async def apply_change(
@@ -304,9 +385,6 @@ class GroupApplier:
         try:
             while self.pending:
                 batch, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
-                # Every process takes its locks in the same order, so two
-                # groups never wait on each other's locks in a cycle.
-                batch.sort(key=lambda item: item[1].user_id)
                 await self._apply_group(batch)
         finally:
             self.draining = None
