@@ -150,11 +150,14 @@ class RuntimeMiddleware(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         loop = get_event_loop_thread()
-        assert loop is not None, "AsyncIO middleware must come before RuntimeMiddleware"
+        assert loop is not None, "the AsyncIO middleware starts the loop before any worker boots"
         loop.run_coroutine(self.runtime.open())
         log.info("worker_runtime_opened", queues=sorted(worker.consumers))
 
-    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+    def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        # After the worker threads have finished their messages (a drain needs
+        # the pool), and before AsyncIO stops the loop: Dramatiq runs "after"
+        # hooks in reverse order, and this middleware is listed after AsyncIO.
         loop = get_event_loop_thread()
         if loop is not None:
             loop.run_coroutine(self.runtime.close())
@@ -230,7 +233,7 @@ def build_broker(settings: Settings, *, metrics: bool = False) -> WakingRedisBro
         AsyncIO(),
         CurrentMessage(),
         LogContext(),
-        RuntimeMiddleware(runtime),
+        RuntimeMiddleware(runtime),  # after AsyncIO: see its after_worker_shutdown
     ]
     if metrics:
         from dramatiq.middleware.prometheus import Prometheus
