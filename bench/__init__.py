@@ -1,0 +1,1 @@
+"""Benchmarks: scripts, not tests. Run one with `python -m bench.<name>`."""

@@ -1,0 +1,455 @@
+"""Benchmark of Clerk identity sync: `python -m bench.identity`.
+
+Measures, against embedded Postgres and Redis started here (or DATABASE_URL /
+REDIS_URL when both are set), all traffic on 127.0.0.1:
+
+1. webhooks accepted per second by one `aiwrap ingest` process at 32
+   concurrent connections, beside a bare Starlette endpoint under the same
+   uvicorn in the same run (target ratio >= 0.5);
+2. events applied per second by one worker process, beside a no-op async
+   actor on the same broker in the same run (target >= 1,000/s);
+3. webhook accepted -> row visible, p50 and p99, on an idle system (one event
+   a second) and under a steady background load (targets 15 ms / 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+CONNECTIONS = 32
+SECRET = "whsec_" + "YmVuY2htYXJrIHNlY3JldCBiZW5jaG1hcmsgc2VjcmV0"
+NOOP_QUEUE = "bench_noop"
+WORKER_THREADS = 8  # aiwrap worker's default (WorkerOptions.threads)
+
+
+# --- Child processes: a bare Starlette server, and a worker --------------------------
+
+
+def run_bare_server(port: int) -> None:
+    """A Starlette app with one POST route that reads the body and answers JSON."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def accept(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"status": "queued"})
+
+    app = Starlette(routes=[Route("/webhooks/clerk", accept, methods=["POST"])])
+    uvicorn.run(app, host=HOST, port=port, log_config=None, server_header=False, proxy_headers=True)
+
+
+def run_worker(queue: str, threads: int) -> None:
+    """One worker process as `aiwrap worker` runs it, on `queue` only."""
+    import dramatiq
+
+    from workers.broker import RuntimeMiddleware, build_broker
+    from workers.logs import configure_logging
+    from workers.settings import Settings
+    from workers.supervisor import WORKER_TIMEOUT_MS
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    broker = build_broker(settings)
+
+    async def bench_noop(svix_id: str, event: dict[str, Any]) -> None:
+        return None
+
+    dramatiq.actor(broker=broker, actor_name=NOOP_QUEUE, queue_name=NOOP_QUEUE)(bench_noop)
+    dramatiq.set_broker(broker)
+    # RuntimeMiddleware opens the pool after_worker_boot, but worker threads
+    # take messages as soon as they start, before that: with a queue already
+    # full, the first messages fail ("runtime is not open") and are retried.
+    # Opening it before boot (after AsyncIO's loop starts) avoids skewing the
+    # figures; workers/broker.py should do the same.
+    for middleware in broker.middleware:
+        if isinstance(middleware, RuntimeMiddleware):
+            middleware.before_worker_boot = middleware.after_worker_boot  # type: ignore[method-assign]
+            middleware.after_worker_boot = lambda *_: None  # type: ignore[method-assign]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = dramatiq.Worker(
+        broker,
+        queues={queue},
+        worker_threads=threads,
+        worker_timeout=WORKER_TIMEOUT_MS,
+    )
+    worker.start()
+    stop.wait()
+    worker.stop(timeout=5000)
+    broker.close()
+
+
+# --- Services and processes -----------------------------------------------------
+
+
+@contextmanager
+def services(stack: ExitStack) -> Iterator[dict[str, str]]:
+    from ingest.embedded import EmbeddedPostgres, EmbeddedRedis
+    from workers.schema import apply_schema
+
+    env = dict(os.environ)
+    if not (env.get("DATABASE_URL") and env.get("REDIS_URL")):
+        root = Path(tempfile.mkdtemp(prefix="aiwrap-bench-"))
+        postgres, redis = EmbeddedPostgres(root / "postgres"), EmbeddedRedis(root / "redis")
+        env["DATABASE_URL"] = postgres.start()
+        stack.callback(postgres.stop)
+        env["REDIS_URL"] = redis.start()
+        stack.callback(redis.stop)
+    apply_schema(env["DATABASE_URL"])
+    env.update({"CLERK_WEBHOOK_SECRET": SECRET, "AIWRAP_LOG_FORMAT": "json"})
+    yield env
+
+
+def spawn(stack: ExitStack, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    stack.callback(stop)
+    return process
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing answered on port {port} within {timeout} s")
+
+
+# --- Signed requests and a lean HTTP/1.1 load generator --------------------------
+
+
+def created_event(user_id: str) -> dict[str, Any]:
+    from ingest.webhooks import sample_clerk_event
+
+    return sample_clerk_event("user.created", user_id, int(time.time() * 1000))
+
+
+def signed_request(event: dict[str, Any]) -> bytes:
+    from ingest.webhooks import signed_request as sign
+
+    body, headers = sign(SECRET, event, f"msg_{uuid.uuid4().hex}")
+    lines = [
+        "POST /webhooks/clerk HTTP/1.1",
+        f"Host: {HOST}",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    writer.write(request)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def load(
+    port: int, requests: Iterator[bytes], seconds: float, rate: float | None = None
+) -> tuple[float, Counter[int]]:
+    """Send requests on CONNECTIONS keep-alive connections for `seconds`.
+
+    With `rate`, paced to that many requests a second in all; else flat out.
+    Returns requests answered per second and the count of each status.
+    """
+    statuses: Counter[int] = Counter()
+    started = time.perf_counter()
+    stop_at = started + seconds
+    interval = CONNECTIONS / rate if rate else 0.0
+
+    async def connection(index: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        next_at = started + index * interval / CONNECTIONS
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                if interval:
+                    if next_at > now:
+                        await asyncio.sleep(next_at - now)
+                    next_at += interval
+                statuses[await exchange(reader, writer, next(requests))] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection(i) for i in range(CONNECTIONS)))
+    return sum(statuses.values()) / (time.perf_counter() - started), statuses
+
+
+def fresh_requests() -> Iterator[bytes]:
+    while True:
+        yield signed_request(created_event(f"user_bench_{uuid.uuid4().hex[:20]}"))
+
+
+def pre_signed(count: int) -> Iterator[bytes]:
+    """Requests signed ahead of time, so signing costs the load generator nothing."""
+    made = [
+        signed_request(created_event(f"user_bench_{uuid.uuid4().hex[:20]}")) for _ in range(count)
+    ]
+    while True:
+        yield from made
+
+
+# --- The three measurements ----------------------------------------------------
+
+
+def measure_http(stack: ExitStack, env: dict[str, str], seconds: float) -> dict[str, float]:
+    from ingest.embedded import free_port
+
+    rates = {}
+    requests = pre_signed(20_000)
+    # The last shows what ingest's one log line per request costs.
+    for name, level in (
+        ("bare_starlette", "INFO"),
+        ("aiwrap_ingest", env["AIWRAP_LOG_LEVEL"]),
+        ("aiwrap_ingest_log_level_warning", "WARNING"),
+    ):
+        port = free_port()
+        if name == "bare_starlette":
+            cmd = [sys.executable, "-m", "bench.identity", "--bare-server", str(port)]
+        else:
+            cmd = [sys.executable, "-m", "ingest.cli", "ingest", "--port", str(port)]
+        process = spawn(stack, cmd, {**env, "AIWRAP_LOG_LEVEL": level})
+        wait_for_port(port, process)
+        asyncio.run(load(port, requests, 1.0))  # warm up
+        rate, statuses = asyncio.run(load(port, requests, seconds))
+        assert set(statuses) == {200}, f"{name} answered {dict(statuses)}"
+        rates[name] = rate
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    return rates
+
+
+def preload(broker: Any, queue: str, actor_name: str, count: int) -> None:
+    from dramatiq import Message
+
+    for i in range(count):
+        event = created_event(f"user_wbench_{queue}_{i}_{uuid.uuid4().hex[:8]}")
+        broker.enqueue(
+            Message(
+                queue_name=queue,
+                actor_name=actor_name,
+                args=(f"msg_{uuid.uuid4().hex}", event),
+                kwargs={},
+                options={},
+            )
+        )
+
+
+def measure_worker(
+    stack: ExitStack, env: dict[str, str], count: int, threads: int
+) -> dict[str, float]:
+    from workers.broker import IDENTITY_QUEUE, build_broker
+    from workers.identity import ACTOR_NAME
+    from workers.settings import Settings
+
+    broker = build_broker(Settings.from_env(env))
+    stack.callback(broker.close)
+    broker.declare_queue(NOOP_QUEUE)
+    rates = {}
+    for name, queue, actor in (
+        ("noop_actor", NOOP_QUEUE, NOOP_QUEUE),
+        ("identity_actor", IDENTITY_QUEUE, ACTOR_NAME),
+    ):
+        broker.flush(queue)
+        preload(broker, queue, actor, count)
+        process = spawn(
+            stack,
+            [sys.executable, "-m", "bench.identity", "--worker", queue, "--threads", str(threads)],
+            env,
+        )
+        deadline = time.monotonic() + 120
+        start_at: tuple[float, int] | None = None
+        while (left := int(broker.do_qsize(queue))) > 0:
+            assert process.poll() is None and time.monotonic() < deadline, f"{name} stalled"
+            # Start the clock once the worker is into its stride, past its boot.
+            if start_at is None and left <= count - 200:
+                start_at = (time.perf_counter(), left)
+            time.sleep(0.01)
+        assert start_at is not None
+        rates[name] = start_at[1] / (time.perf_counter() - start_at[0])
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    return rates
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def probe_latencies(port: int, database_url: str, count: int, every: float) -> list[float]:
+    """POST a new user, then poll until its row is visible; milliseconds each."""
+    import psycopg
+
+    latencies = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        loop = asyncio.new_event_loop()
+        reader, writer = loop.run_until_complete(asyncio.open_connection(HOST, port))
+        try:
+            for _ in range(count):
+                began = time.perf_counter()
+                user_id = f"user_probe_{uuid.uuid4().hex[:20]}"
+                request = signed_request(created_event(user_id))
+                status = loop.run_until_complete(exchange(reader, writer, request))
+                accepted = time.perf_counter()
+                assert status == 200, status
+                deadline = accepted + 5
+                while (
+                    conn.execute('SELECT 1 FROM "user" WHERE id = %s', (user_id,)).fetchone()
+                    is None
+                ):
+                    assert time.perf_counter() < deadline, "row never appeared"
+                    time.sleep(0.0005)
+                latencies.append((time.perf_counter() - accepted) * 1000)
+                time.sleep(max(0.0, every - (time.perf_counter() - began)))
+        finally:
+            writer.close()
+            loop.close()
+    return latencies
+
+
+def measure_latency(
+    stack: ExitStack, env: dict[str, str], samples: int, load_rate: float
+) -> dict[str, dict[str, float]]:
+    from ingest.embedded import free_port
+    from workers.broker import IDENTITY_QUEUE
+
+    port = free_port()
+    ingest = spawn(stack, [sys.executable, "-m", "ingest.cli", "ingest", "--port", str(port)], env)
+    spawn(stack, [sys.executable, "-m", "ingest.cli", "worker", "--processes", "1",
+                  "--queues", IDENTITY_QUEUE], env)  # fmt: skip
+    wait_for_port(port, ingest)
+    probe_latencies(port, env["DATABASE_URL"], 3, 0.2)  # warm up both processes
+    results = {}
+    idle = probe_latencies(port, env["DATABASE_URL"], samples, 1.0)
+    results["idle"] = idle
+
+    background: dict[str, Any] = {}
+
+    def run_load() -> None:
+        background["result"] = asyncio.run(
+            load(port, fresh_requests(), samples * 0.1 + 2, rate=load_rate)
+        )
+
+    loader = threading.Thread(target=run_load)
+    loader.start()
+    time.sleep(1.0)  # let the background load settle
+    results["under_load"] = probe_latencies(port, env["DATABASE_URL"], samples * 4, 0.025)
+    loader.join()
+    rate, statuses = background["result"]
+    assert set(statuses) == {200}, statuses
+    return {
+        name: {
+            "p50_ms": percentile(v, 0.5),
+            "p99_ms": percentile(v, 0.99),
+            "max_ms": max(v),
+            "samples": len(v),
+            **({"background_rate_per_s": rate} if name == "under_load" else {}),
+        }
+        for name, v in results.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.identity",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="per HTTP measurement")
+    parser.add_argument("--events", type=int, default=10_000, help="per worker measurement")
+    parser.add_argument("--samples", type=int, default=25, help="idle latency samples")
+    parser.add_argument(
+        "--load-rate",
+        type=float,
+        default=300.0,
+        help="webhooks a second of background load for latency under load",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=WORKER_THREADS,
+        help="worker threads per process (default: aiwrap worker's)",
+    )
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", metavar="QUEUE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare_server:
+        run_bare_server(args.bare_server)
+        return 0
+    if args.worker:
+        run_worker(args.worker, args.threads)
+        return 0
+
+    with ExitStack() as stack, services(stack) as env:
+        env.setdefault("AIWRAP_LOG_LEVEL", "INFO")
+        report: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(),
+            "log_level": env["AIWRAP_LOG_LEVEL"],
+        }
+        http = measure_http(stack, env, args.seconds)
+        report["webhooks_per_s"] = {
+            **{k: round(v) for k, v in http.items()},
+            "ratio": round(http["aiwrap_ingest"] / http["bare_starlette"], 2),
+            "connections": CONNECTIONS,
+        }
+        print(json.dumps(report["webhooks_per_s"]), flush=True)
+        worker = measure_worker(stack, env, args.events, args.threads)
+        report["events_applied_per_s"] = {
+            **{k: round(v) for k, v in worker.items()},
+            "worker_threads": args.threads,
+        }
+        print(json.dumps(report["events_applied_per_s"]), flush=True)
+        latency = measure_latency(stack, env, args.samples, args.load_rate)
+        report["accepted_to_visible"] = {
+            name: {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+            for name, figures in latency.items()
+        }
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
