@@ -1,12 +1,14 @@
 """The Clerk-sync actor and its SQL.
 
-Every event applies in one transaction that first takes a per-user advisory
-lock, so two events for one user never interleave, then runs one statement
-that does the rest: records the Svix delivery, and creates, updates or
-deletes the user. Updates are guarded by Clerk's `updated_at`, so an older
-event never overwrites a newer one, and a delete leaves a tombstone, so no
-event older than the delete brings the user back. The result is the same
-whatever order, duplication or concurrency the deliveries come in.
+Events apply in transactions that first take a per-user advisory lock, so two
+events for one user never interleave, then record each Svix delivery and
+create, update or delete the user. Updates are guarded by Clerk's
+`updated_at`, so an older event never overwrites a newer one, and a delete
+leaves a tombstone, so no event older than the delete brings the user back.
+The result is the same whatever order, duplication or concurrency the
+deliveries come in. For throughput, a worker process applies the events that
+arrive together as one group: one transaction, one round trip, one statement
+per kind of event (see GroupApplier).
 """
 
 from __future__ import annotations
