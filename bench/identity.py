@@ -62,7 +62,7 @@ def run_worker(queue: str, threads: int) -> None:
     """One worker process as `aiwrap worker` runs it, on `queue` only."""
     import dramatiq
 
-    from workers.broker import RuntimeMiddleware, build_broker
+    from workers.broker import build_broker
     from workers.logs import configure_logging
     from workers.settings import Settings
     from workers.supervisor import WORKER_TIMEOUT_MS
@@ -76,15 +76,6 @@ def run_worker(queue: str, threads: int) -> None:
 
     dramatiq.actor(broker=broker, actor_name=NOOP_QUEUE, queue_name=NOOP_QUEUE)(bench_noop)
     dramatiq.set_broker(broker)
-    # RuntimeMiddleware opens the pool after_worker_boot, but worker threads
-    # take messages as soon as they start, before that: with a queue already
-    # full, the first messages fail ("runtime is not open") and are retried.
-    # Opening it before boot (after AsyncIO's loop starts) avoids skewing the
-    # figures; workers/broker.py should do the same.
-    for middleware in broker.middleware:
-        if isinstance(middleware, RuntimeMiddleware):
-            middleware.before_worker_boot = middleware.after_worker_boot  # type: ignore[method-assign]
-            middleware.after_worker_boot = lambda *_: None  # type: ignore[method-assign]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker = dramatiq.Worker(

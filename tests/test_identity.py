@@ -690,3 +690,27 @@ def test_any_history_applied_in_groups_of_any_size_leaves_exactly_clerks_state(
     for (delivery_id, _), outcome in zip(parsed, outcomes, strict=True):
         assert outcome.duplicate == (delivery_id in first_seen)
         first_seen.add(delivery_id)
+
+
+def test_events_queued_before_the_worker_starts_wait_for_its_pool_instead_of_failing(
+    broker: WakingRedisBroker, db: psycopg.Connection[dict[str, Any]]
+) -> None:
+    versions = [Version(new_user_id(), T0) for _ in range(20)]
+    actor = broker.get_actor(identity.ACTOR_NAME)
+    for v in versions:
+        actor.send(svix_id(), user_event("user.created", v))
+    failures: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = failures.append  # type: ignore[method-assign]
+    logging.getLogger("dramatiq").addHandler(handler)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    try:
+        broker.join(IDENTITY_QUEUE, timeout=20_000)
+        worker.join()
+    finally:
+        worker.stop()
+        logging.getLogger("dramatiq").removeHandler(handler)
+    assert all(user_row(db, v.user_id) == v.row() for v in versions)
+    # Not one failed and was retried: each waited for the pool to open.
+    assert [r.getMessage() for r in failures] == []

@@ -14,6 +14,7 @@ per kind of event (see GroupApplier).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,8 @@ MAX_BACKOFF_MS = 30_000
 MAX_UNEXPECTED_RETRIES = 5
 #: Most events applied in one transaction.
 MAX_GROUP = 64
+#: Seconds an event waits for its worker process to open its database pool.
+RUNTIME_OPEN_WAIT_S = 30.0
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Clerk's timestamps are milliseconds; anything below this is seconds.
@@ -385,11 +388,30 @@ class GroupApplier:
 
     async def _drain(self) -> None:
         try:
+            try:
+                await self._wait_for_runtime()
+            except RuntimeError as error:
+                failed, self.pending = self.pending, []
+                for _, _, applied in failed:
+                    _settle(applied, error=error)
             while self.pending:
                 batch, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
                 await self._apply_group(batch)
         finally:
             self.draining = None
+
+    async def _wait_for_runtime(self) -> None:
+        # Dramatiq starts its worker threads before after_worker_boot, where the
+        # runtime opens, so a message already queued at start-up can come first.
+        deadline = time.monotonic() + RUNTIME_OPEN_WAIT_S
+        while True:
+            try:
+                self.runtime.pool  # noqa: B018
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
 
     async def _apply_group(
         self, batch: list[tuple[str, UserChanged | UserDeleted, asyncio.Future[Outcome]]]
