@@ -78,6 +78,7 @@ aiwrap dev is running ({", ".join(started)}).
   AIWRAP_API_KEYS={key}
 
 Try it:
+  export CLERK_WEBHOOK_SECRET={env["CLERK_WEBHOOK_SECRET"]}
   aiwrap send-webhook --url {base}/webhooks/clerk user.created user_demo
   curl -s {base}/v1/chat -H 'Authorization: Bearer {key}' -H 'X-User-Id: user_demo' \\
        -H 'Content-Type: application/json' -d '{{"prompt": "Hello!"}}'
@@ -126,6 +127,8 @@ def run_dev(data_dir: str, port: int) -> int:
 
         stack.callback(stop_children)
         # Ctrl-C reaches the whole process group; SIGTERM is made to mean the same.
+        # SIGINT is set explicitly: a shell starting us in the background ignores it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _interrupt)
 
         if not env.get("OPENAI_API_KEY"):
