@@ -23,6 +23,8 @@ def free_port(preferred: int = 0) -> int:
     """Return `preferred` if it is free on loopback, else any free port."""
     for candidate in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
+            # As servers bind: a port a stopped server left in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:

@@ -143,14 +143,16 @@ class WakingRedisBroker(RedisBroker):
 
 
 class RuntimeMiddleware(Middleware):
-    """Opens the worker's Runtime on its event loop after boot; closes it at shutdown."""
+    """Opens the worker's Runtime on its event loop as it boots; closes it at shutdown."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+    def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        # Before the worker threads start, so no message finds it closed; after
+        # AsyncIO's own before_worker_boot (listed earlier), so the loop runs.
         loop = get_event_loop_thread()
-        assert loop is not None, "the AsyncIO middleware starts the loop before any worker boots"
+        assert loop is not None, "the AsyncIO middleware must be listed before this one"
         loop.run_coroutine(self.runtime.open())
         log.info("worker_runtime_opened", queues=sorted(worker.consumers))
 

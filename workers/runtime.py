@@ -1,8 +1,9 @@
-"""What one worker process holds open: its database pool and its Redis client.
+"""What one worker process holds open: its database pool, Redis and model clients.
 
 Built unopened when the broker is built (so importing costs nothing and forked
-processes never inherit a socket), opened on the worker's event loop after the
-process boots, closed before it exits.
+processes never inherit a socket), opened on the worker's event loop as the
+worker boots, before its threads take any message, and closed after they
+have finished.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from openai import AsyncOpenAI, Timeout
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .db import make_pool
+from .db import POOL_TIMEOUT, make_pool
+from .logs import get_logger
 from .metering import Price, load_prices
 from .settings import Settings
 
 #: Seconds to connect to the model, and to wait for each next piece of its reply.
 OPENAI_CONNECT_TIMEOUT_S = 5.0
 OPENAI_READ_TIMEOUT_S = 60.0
+
+log = get_logger(__name__)
 
 
 class Runtime:
@@ -59,10 +63,8 @@ class Runtime:
         return self._prices
 
     async def open(self) -> None:
-        """Open the pool (waiting for its connection), the Redis and model clients."""
+        """Open the pool (waiting a while for its connection), the Redis and model clients."""
         _ = self.prices  # a bad price file stops the worker at boot, not mid-chat
-        self._pool = make_pool(self.settings.database_url, name="worker")
-        await self._pool.open(wait=True)
         self._redis = aioredis.Redis.from_url(self.settings.redis_url)
         self._openai = AsyncOpenAI(
             api_key=self.settings.openai_api_key or "unset",
@@ -70,6 +72,15 @@ class Runtime:
             max_retries=0,
             timeout=Timeout(OPENAI_READ_TIMEOUT_S, connect=OPENAI_CONNECT_TIMEOUT_S),
         )
+        pool = make_pool(self.settings.database_url, name="worker")
+        await pool.open(wait=False)
+        self._pool = pool
+        try:
+            await pool.wait(timeout=POOL_TIMEOUT)
+        except PoolTimeout:
+            # Start anyway: the pool keeps connecting in the background, and a
+            # message that needs it meanwhile fails as transient and is retried.
+            log.warning("database_unreachable_at_start", retrying_in_background=True)
 
     async def close(self) -> None:
         if self._pool is not None:
