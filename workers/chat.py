@@ -413,7 +413,9 @@ class Chat:
             "model": job.model,
             "prompt": job.prompt,
         }
-        async with self.rt.pool.connection() as conn, conn.transaction():
+        # Pipelined: statements that need no answer before the next go out
+        # together, so the connection is held for as few round trips as possible.
+        async with self.rt.pool.connection() as conn, conn.pipeline(), conn.transaction():
             cur = await conn.execute(SELECT_LOG, params)
             row = await cur.fetchone()
             if row is not None and row["completion"] is not None:
@@ -571,7 +573,8 @@ class Chat:
             "status": status,
             "error": None if error is None else {"code": error[0], "message": error[1]},
         }
-        async with self.rt.pool.connection() as conn:
+        # BEGIN, the statement and COMMIT in one round trip.
+        async with self.rt.pool.connection() as conn, conn.pipeline(), conn.transaction():
             await conn.execute(
                 FINISH_LOG,
                 {

@@ -1,0 +1,317 @@
+"""Benchmark of streamed chat: `python -m bench.chat`.
+
+Runs, all on 127.0.0.1, against embedded Postgres and Redis started here (or
+DATABASE_URL / REDIS_URL when both are set): the local model server, one
+`aiwrap ingest` process and one `aiwrap worker --processes 1 --queues chat
+--threads N` process, each its own OS process. Measures:
+
+1. added time to first token: time from `POST /v1/chat` to the first
+   `event: delta` read by an SSE client of `GET /v1/chat/{id}/stream`, minus
+   the model server's own time to first token for that request (from its
+   `/_stats`, matched by the reply's length, which each probe makes unique);
+   p50 and p99, on an idle system (one chat a second) and under load (a
+   background of concurrent streamed chats, each with an SSE reader);
+2. how many concurrent upstream streams the one worker process holds, and its
+   peak RSS while it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.identity import percentile, services, spawn, wait_for_port
+
+HOST = "127.0.0.1"
+API_KEY = "aiw_bench_" + "k" * 24
+PROBE_PROMPT = "bench"
+#: "You said: bench." is 5 tokens; a probe with `words=w` answers 5 + w tokens.
+PROBE_BASE_TOKENS = 5
+
+
+def auth(user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}", "X-User-Id": user_id}
+
+
+async def first_token(
+    client: httpx.AsyncClient, user_id: str, content: str, read_all: bool = False
+) -> tuple[float, str]:
+    """Seconds from POST to the first delta on the SSE stream, and the chat's id."""
+    started = time.perf_counter()
+    reply = await client.post(
+        "/v1/chat",
+        headers=auth(user_id),
+        json={"messages": [{"role": "user", "content": content}], "model": "gpt-4o-mini"},
+    )
+    reply.raise_for_status()
+    body = reply.json()
+    first = None
+    async with client.stream("GET", body["stream_url"], headers=auth(user_id)) as stream:
+        async for line in stream.aiter_lines():
+            if first is None and line.startswith("event: delta"):
+                first = time.perf_counter() - started
+                if not read_all:
+                    break
+            if line.startswith(("event: done", "event: error")):
+                break
+    if first is None:
+        raise RuntimeError(f"chat {body['id']} sent no text")
+    return first, body["id"]
+
+
+async def server_ttfts(client: httpx.AsyncClient, model_url: str) -> dict[int, float]:
+    """The model server's time to first token (s) by completion tokens, for probes."""
+    stats = (await client.get(f"{model_url}/_stats")).json()
+    return {
+        r["completion_tokens"]: r["ttft_ms"] / 1e3
+        for r in stats["recent"]
+        if r["ttft_ms"] is not None
+    }
+
+
+async def probes(
+    client: httpx.AsyncClient,
+    model_url: str,
+    count: int,
+    every: float,
+    words_from: int,
+    user_id: str,
+) -> list[float]:
+    """Added latency (s) of `count` probe chats started `every` seconds apart."""
+
+    async def probe(i: int) -> tuple[int, float]:
+        words = words_from + i
+        seen, _ = await first_token(client, user_id, f"{PROBE_PROMPT} [[words={words}]]")
+        return PROBE_BASE_TOKENS + words, seen
+
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(probe(i)))
+        await asyncio.sleep(every)
+    results = await asyncio.gather(*tasks)
+    await asyncio.sleep(0.2)  # let the model server record the last ones
+    server = await server_ttfts(client, model_url)
+    return [seen - server[tokens] for tokens, seen in results]
+
+
+async def background(
+    client: httpx.AsyncClient, streams: int, stop: asyncio.Event, user_id: str
+) -> int:
+    """Keep `streams` long chats running, each read to the end over SSE."""
+    done = 0
+
+    async def one_after_another() -> None:
+        nonlocal done
+        while not stop.is_set():
+            await first_token(client, user_id, "load [[delay_ms=20 words=250]]", read_all=True)
+            done += 1
+
+    await asyncio.gather(*(one_after_another() for _ in range(streams)))
+    return done
+
+
+def rss_mb(pid: int) -> float:
+    return status_field(pid, "VmRSS") / 1024
+
+
+def status_field(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_pid(supervisor: int) -> int:
+    """The supervisor's worker process: its child with the most threads."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    if not children:
+        raise RuntimeError("the worker supervisor has no worker process")
+    return max((int(c) for c in children), key=lambda pid: status_field(pid, "Threads"))
+
+
+async def capacity(
+    client: httpx.AsyncClient, redis_url: str, pid: int, count: int, user_id: str
+) -> dict[str, float]:
+    """Start `count` long chats at once; report peak concurrent streams and RSS."""
+    import redis.asyncio as aioredis
+
+    from workers import streams
+
+    async def start(i: int) -> str:
+        reply = await client.post(
+            "/v1/chat",
+            headers=auth(user_id),
+            json={
+                "messages": [{"role": "user", "content": f"cap {i} [[delay_ms=100 words=150]]"}],
+                "model": "gpt-4o-mini",
+            },
+        )
+        reply.raise_for_status()
+        return str(reply.json()["id"])
+
+    gate = asyncio.Semaphore(50)
+
+    async def gated(i: int) -> str:
+        async with gate:
+            return await start(i)
+
+    rss_idle = rss_mb(pid)
+    ids = await asyncio.gather(*(gated(i) for i in range(count)))
+    redis = aioredis.Redis.from_url(redis_url)
+    peak_running = peak_rss = 0.0
+    statuses: list[Any] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(streams.job_key(job_id), "status")
+                statuses = await pipe.execute()
+            running = sum(1 for s in statuses if s == b"running")
+            peak_running = max(peak_running, running)
+            peak_rss = max(peak_rss, rss_mb(pid))
+            if all(s in (b"ok", b"error", b"filtered") for s in statuses):
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        await redis.aclose()
+    ok = sum(1 for s in statuses if s == b"ok")
+    return {
+        "chats": count,
+        "peak_concurrent_streams": peak_running,
+        "finished_ok": ok,
+        "rss_idle_mb": round(rss_idle, 1),
+        "rss_peak_mb": round(peak_rss, 1),
+    }
+
+
+def summary(name: str, added: list[float]) -> dict[str, Any]:
+    ms = sorted(a * 1e3 for a in added)
+    return {
+        "phase": name,
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 0.5), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
+        "max_ms": round(ms[-1], 2),
+    }
+
+
+async def run(
+    args: argparse.Namespace, ingest_url: str, model_url: str, redis_url: str, supervisor: int
+) -> list[dict[str, Any]]:
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=120, limits=limits) as client:
+        await first_token(client, "user_bench_warmup", f"{PROBE_PROMPT} [[words=1]]")
+        results = [
+            summary(
+                "idle (1 chat/s)",
+                await probes(client, model_url, args.idle, 1.0, 10, "user_bench_idle"),
+            )
+        ]
+
+        stop = asyncio.Event()
+        load = asyncio.create_task(background(client, args.load, stop, "user_bench_load"))
+        await asyncio.sleep(3)  # let the background reach its steady state
+        added = await probes(
+            client, model_url, args.idle, 0.25, 10 + args.idle, "user_bench_loaded"
+        )
+        stop.set()
+        finished = await load
+        results.append(
+            {
+                **summary(f"under load ({args.load} concurrent SSE streams)", added),
+                "background_chats_finished": finished,
+            }
+        )
+
+        pid = worker_pid(supervisor)
+        results.append(
+            {
+                "phase": "capacity",
+                **await capacity(client, redis_url, pid, args.streams, "user_bench_capacity"),
+            }
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--idle", type=int, default=30, help="probe chats per phase")
+    parser.add_argument(
+        "--load", type=int, default=100, help="concurrent background chats in the load phase"
+    )
+    parser.add_argument(
+        "--streams", type=int, default=500, help="chats started at once in the capacity phase"
+    )
+    parser.add_argument("--threads", type=int, default=600, help="worker threads")
+    args = parser.parse_args(argv)
+
+    from ingest.embedded import free_port
+
+    with ExitStack() as stack:
+        env = stack.enter_context(services(stack))
+        model_port, ingest_port = free_port(), free_port()
+        env |= {
+            "AIWRAP_API_KEYS": API_KEY,
+            "OPENAI_API_KEY": "bench",
+            "OPENAI_BASE_URL": f"http://{HOST}:{model_port}/v1",
+            "AIWRAP_LOG_LEVEL": "WARNING",
+        }
+        model = spawn(
+            stack,
+            [
+                sys.executable,
+                "-c",
+                f"from ingest.model_server import serve; serve('{HOST}', {model_port})",
+            ],
+            env,
+        )
+        ingest = spawn(
+            stack, [sys.executable, "-m", "ingest.cli", "ingest", "--port", str(ingest_port)], env
+        )
+        worker = spawn(
+            stack,
+            [
+                sys.executable,
+                "-m",
+                "ingest.cli",
+                "worker",
+                "--processes",
+                "1",
+                "--queues",
+                "chat",
+                "--threads",
+                str(args.threads),
+            ],
+            env,
+        )
+        wait_for_port(model_port, model)
+        wait_for_port(ingest_port, ingest)
+        results = asyncio.run(
+            run(
+                args,
+                f"http://{HOST}:{ingest_port}",
+                f"http://{HOST}:{model_port}",
+                env["REDIS_URL"],
+                worker.pid,
+            )
+        )
+    for result in results:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
