@@ -132,3 +132,40 @@ def test_the_supervisor_replaces_a_killed_worker_process_and_drains_on_sigterm(
     assert supervisor.poll() is None
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0
+
+
+def test_log_lines_inside_an_async_actor_carry_its_message_id(
+    broker: WakingRedisBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import dramatiq
+
+    from workers.logs import configure_logging, get_logger
+
+    configure_logging("json", "INFO")
+    queue = f"logged{os.getpid()}"
+
+    async def logged_probe() -> None:
+        get_logger("tests.probe").info("inside_the_actor")
+
+    actor = dramatiq.actor(
+        logged_probe,
+        broker=broker,
+        queue_name=queue,
+        actor_name=f"logged_probe_{os.getpid()}",
+    )
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        message = actor.send()
+        broker.join(queue, timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    [inside] = [line for line in lines if line["event"] == "inside_the_actor"]
+    assert inside["message_id"] == message.message_id
+    assert inside["actor"] == actor.actor_name

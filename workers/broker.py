@@ -7,7 +7,6 @@ enqueued instead of polling Redis with a growing sleep (see WakingConsumer).
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -166,7 +165,11 @@ class RuntimeMiddleware(Middleware):
 
 
 class LogContext(Middleware):
-    """Binds the message id, actor and queue to every log line of a message."""
+    """Binds the message id, actor and queue to every log line of a message.
+
+    Async actors see them too: run_coroutine_threadsafe schedules the coroutine
+    in a copy of the worker thread's context.
+    """
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         structlog.contextvars.bind_contextvars(
@@ -185,32 +188,6 @@ class LogContext(Middleware):
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         structlog.contextvars.unbind_contextvars("message_id", "actor", "queue")
-
-
-class ContextActor(dramatiq.Actor):  # type: ignore[type-arg]
-    """An actor whose async body logs with its message's context.
-
-    Async actors run on Dramatiq's event loop thread, whose tasks do not see
-    the contextvars bound on the worker thread; this carries them across.
-    """
-
-    def __init__(self, fn: Any, **kwargs: Any) -> None:
-        self.async_fn = fn if inspect.iscoroutinefunction(fn) else None
-        super().__init__(fn, **kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.async_fn is None:
-            return super().__call__(*args, **kwargs)
-        loop = get_event_loop_thread()
-        assert loop is not None, "async actors need the AsyncIO middleware"
-        context = structlog.contextvars.get_contextvars()
-        async_fn = self.async_fn
-
-        async def run_with_context() -> Any:
-            structlog.contextvars.bind_contextvars(**context)
-            return await async_fn(*args, **kwargs)
-
-        return loop.run_coroutine(run_with_context())
 
 
 def build_broker(settings: Settings, *, metrics: bool = False) -> WakingRedisBroker:
