@@ -29,6 +29,7 @@ from workers.identity import ACTOR_NAME, HANDLED_TYPES
 from workers.logs import get_logger
 
 from .errors import ApiError
+from .metrics import WEBHOOK_VERIFICATION_FAILURES
 from .queue import QueueUnavailable
 from .state import IngestState
 
@@ -245,7 +246,12 @@ async def receive_clerk_webhook(request: Request) -> JSONResponse:
             500, "webhook_secret_missing", "This server has no webhook secret configured."
         )
     headers = {name: request.headers.get(name, "") for name in SVIX_HEADERS}
-    text = verify(secret, await read_body(request), headers)
+    body = await read_body(request)
+    try:
+        text = verify(secret, body, headers)
+    except BadWebhook as error:
+        WEBHOOK_VERIFICATION_FAILURES.labels(error.code).inc()
+        raise
     event = parse_event(text)
     svix_id = headers["svix-id"]
     if event["type"] not in HANDLED_TYPES:

@@ -58,7 +58,7 @@ def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None
         sample(
             http.get("/metrics").text,
             "aiwrap_webhook_verification_failures_total",
-            reason="missing_headers",
+            reason="missing_svix_headers",
         )
         or 0
     )
@@ -67,7 +67,7 @@ def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None
     after = sample(
         http.get("/metrics").text,
         "aiwrap_webhook_verification_failures_total",
-        reason="missing_headers",
+        reason="missing_svix_headers",
     )
     assert after == before + 1
 
