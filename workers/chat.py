@@ -58,7 +58,7 @@ from dramatiq.middleware import Middleware
 from openai.types.chat import ChatCompletionMessageParam
 from psycopg.types.json import Jsonb
 
-from . import streams
+from . import metrics, streams
 from .broker import CHAT_QUEUE, RuntimeMiddleware
 from .db import is_transient
 from .errors import AiwrapError
@@ -439,6 +439,8 @@ class Chat:
                     refusal = ("budget_exceeded", "The monthly token budget is used up.")
                 if refusal is not None:
                     code, message = refusal
+                    if code == "budget_exceeded":
+                        metrics.BUDGET_REFUSALS.inc()
                     meta = {**self._metadata(Reply()), "error": {"code": code, "message": message}}
                     await conn.execute(REFUSED_LOG, {**params, "metadata": Jsonb(meta)})
                     return Outcome("error", streams.ERROR, {"code": code, "message": message})
@@ -468,16 +470,19 @@ class Chat:
                 await self._call(reply)
                 return
             except openai.BadRequestError as error:
+                metrics.UPSTREAM_ERRORS.labels(_error_kind(error)).inc()
                 if error.code == "content_policy_violation":
                     reply.refusal = error.message
                 else:
                     reply.error = ("upstream_rejected", error.message)
                 return
             except openai.APIStatusError as error:
+                metrics.UPSTREAM_ERRORS.labels(_error_kind(error)).inc()
                 retryable = error.status_code in (408, 409, 429) or error.status_code >= 500
                 reply.error = ("upstream_error", f"The model answered {error.status_code}.")
                 wait = _retry_after(error.response.headers.get("retry-after"))
             except (openai.APIError, httpx2.HTTPError) as error:
+                metrics.UPSTREAM_ERRORS.labels(_error_kind(error)).inc()
                 retryable = True
                 reply.error = ("upstream_unavailable", f"The model stream failed: {error!r}")
                 wait = None
@@ -516,6 +521,9 @@ class Chat:
                     if content:
                         if reply.ttft_ms is None:
                             reply.ttft_ms = round((time.perf_counter() - called) * 1e3, 3)
+                            metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
+                                reply.ttft_ms / 1e3
+                            )
                         await self._deliver(reply, content)
                     if choice.delta and choice.delta.refusal:
                         reply.refusal = (reply.refusal or "") + choice.delta.refusal
@@ -561,6 +569,7 @@ class Chat:
             status, error = "filtered", None
         elif error is None and reply.finish_reason is None:
             error = ("upstream_incomplete", "The model stream ended without a finish reason.")
+            metrics.UPSTREAM_ERRORS.labels("cut_off").inc()
         if error is not None and status == "ok":
             status = "error"
         metered = reply.opened
@@ -589,6 +598,10 @@ class Chat:
                     "metered": metered,
                 },
             )
+        if metered:
+            metrics.TOKENS.labels(job.model, "prompt").inc(prompt_tokens)
+            metrics.TOKENS.labels(job.model, "completion").inc(completion_tokens)
+            metrics.COST.labels(job.model).inc(cost)
         if error is not None and status == "error":
             return Outcome(status, streams.ERROR, {"code": error[0], "message": error[1]})
         return Outcome(
@@ -619,6 +632,19 @@ class Chat:
         if len(self.published) > len(reply.text) or self.diverged:
             meta["resume_diverged"] = self.diverged
         return meta
+
+
+def _error_kind(error: Exception) -> str:
+    """The `kind` label of aiwrap_upstream_errors_total for a failed model call."""
+    if isinstance(error, openai.BadRequestError):
+        return "refused" if error.code == "content_policy_violation" else "bad_request"
+    if isinstance(error, openai.APIStatusError):
+        if error.status_code == 429:
+            return "rate_limited"
+        return "server_error" if error.status_code >= 500 else "client_error"
+    if isinstance(error, openai.APITimeoutError | httpx2.TimeoutException):
+        return "timeout"
+    return "connection"
 
 
 def _outcome_of_row(row: dict[str, Any]) -> Outcome:

@@ -24,6 +24,7 @@ import dramatiq
 from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.rows import tuple_row
 
+from . import metrics
 from .broker import IDENTITY_QUEUE
 from .db import is_transient
 from .errors import InvalidEvent
@@ -492,14 +493,18 @@ def declare(broker: Any, runtime: Runtime) -> None:
         try:
             change = parse_clerk_event(event)
         except InvalidEvent as error:
+            event_type = event.get("type") if isinstance(event, dict) else None
+            metrics.IDENTITY_EVENTS.labels(str(event_type)[:40], "dead_lettered").inc()
             log.error(
                 "clerk_event_dead_lettered",
                 svix_id=svix_id,
                 reason=str(error),
-                event_type=event.get("type") if isinstance(event, dict) else None,
+                event_type=event_type,
             )
             raise
         outcome = await applier.apply(svix_id, change)
+        result = "duplicate" if outcome.duplicate else "changed" if outcome.changed else "stale"
+        metrics.IDENTITY_EVENTS.labels(event["type"], result).inc()
         log.debug(
             "clerk_event_applied",
             svix_id=svix_id,
