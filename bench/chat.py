@@ -138,7 +138,7 @@ def worker_pid(supervisor: int) -> int:
 
 
 async def capacity(
-    client: httpx.AsyncClient, redis_url: str, pid: int, count: int, user_id: str
+    client: httpx.AsyncClient, redis_url: str, pid: int, count: int, user_id: str, delay_ms: int
 ) -> dict[str, float]:
     """Start `count` long chats at once; report peak concurrent streams and RSS."""
     import redis.asyncio as aioredis
@@ -150,7 +150,9 @@ async def capacity(
             "/v1/chat",
             headers=auth(user_id),
             json={
-                "messages": [{"role": "user", "content": f"cap {i} [[delay_ms=100 words=150]]"}],
+                "messages": [
+                    {"role": "user", "content": f"cap {i} [[delay_ms={delay_ms} words=30]]"}
+                ],
                 "model": "gpt-4o-mini",
             },
         )
@@ -168,7 +170,7 @@ async def capacity(
     redis = aioredis.Redis.from_url(redis_url)
     peak_running = peak_rss = 0.0
     statuses: list[Any] = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:
             async with redis.pipeline(transaction=False) as pipe:
@@ -236,7 +238,9 @@ async def run(
         results.append(
             {
                 "phase": "capacity",
-                **await capacity(client, redis_url, pid, args.streams, "user_bench_capacity"),
+                **await capacity(
+                    client, redis_url, pid, args.streams, "user_bench_capacity", args.delay_ms
+                ),
             }
         )
     return results
@@ -256,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         "--streams", type=int, default=500, help="chats started at once in the capacity phase"
     )
     parser.add_argument("--threads", type=int, default=600, help="worker threads")
+    parser.add_argument(
+        "--delay-ms",
+        type=int,
+        default=500,
+        help="ms between the pieces of a capacity-phase reply (30 pieces)",
+    )
     args = parser.parse_args(argv)
 
     from ingest.embedded import free_port
