@@ -22,6 +22,8 @@ from .settings import Settings
 #: Seconds to connect to the model, and to wait for each next piece of its reply.
 OPENAI_CONNECT_TIMEOUT_S = 5.0
 OPENAI_READ_TIMEOUT_S = 60.0
+#: Redis connections one worker process opens at most.
+REDIS_MAX_CONNECTIONS = 200
 
 log = get_logger(__name__)
 
@@ -65,7 +67,13 @@ class Runtime:
     async def open(self) -> None:
         """Open the pool (waiting a while for its connection), the Redis and model clients."""
         _ = self.prices  # a bad price file stops the worker at boot, not mid-chat
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+        # Hundreds of chats publish at once: wait for a free connection rather
+        # than fail with "Too many connections" (the default pool's answer at 100).
+        self._redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=10
+            )
+        )
         self._openai = AsyncOpenAI(
             api_key=self.settings.openai_api_key or "unset",
             base_url=self.settings.openai_base_url or None,
