@@ -69,8 +69,9 @@ class Runtime:
         _ = self.prices  # a bad price file stops the worker at boot, not mid-chat
         # Hundreds of chats publish at once: wait for a free connection rather
         # than fail with "Too many connections" (the default pool's answer at 100).
-        self._redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
+        # from_pool: the client owns the pool, so aclose() closes its connections.
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
                 self.settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=10
             )
         )
