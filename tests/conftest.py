@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 
 from ingest.app import create_app
 from ingest.embedded import EmbeddedPostgres, EmbeddedRedis
+from ingest.model_server import running_model_server
 from workers.broker import WakingRedisBroker, build_broker
 from workers.schema import apply_schema
 from workers.settings import Settings
@@ -104,6 +105,13 @@ def settings(app_database_url: str, redis_url: str) -> Settings:
         log_format="json",
         log_level="INFO",
     )
+
+
+@pytest.fixture(scope="session")
+def model_url() -> Iterator[str]:
+    """The local OpenAI-compatible model server, for the whole session."""
+    with running_model_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -44,3 +48,29 @@ class ServerThread:
 
 def with_settings(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)
+
+
+def aiwrap_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment an `aiwrap` subprocess needs to run with `settings`."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "AIWRAP_LOG_LEVEL": "WARNING",
+    }
+    if settings.openai_base_url:
+        env.update(OPENAI_BASE_URL=settings.openai_base_url, OPENAI_API_KEY="test-key")
+    return {**env, **extra}
+
+
+def aiwrap_worker(
+    settings: Settings, *args: str, log: Path | None = None, **extra_env: str
+) -> subprocess.Popen[bytes]:
+    """Start `aiwrap worker ARGS` as a real subprocess (stderr to `log`, if given)."""
+    with log.open("ab") if log else open(os.devnull, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", "worker", *args],
+            env=aiwrap_env(settings, **extra_env),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )

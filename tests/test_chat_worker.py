@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,6 @@ from workers.settings import Settings
 
 Row = dict[str, Any]
 JOIN_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    with running_model_server() as url:
-        yield url
 
 
 @pytest.fixture

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +15,8 @@ from ingest.embedded import free_port
 from workers import identity
 from workers.broker import IDENTITY_QUEUE, WakingRedisBroker
 from workers.settings import Settings
+
+from .support import aiwrap_worker
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -75,30 +74,8 @@ def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None
 @pytest.fixture
 def worker_with_metrics(settings: Settings) -> Iterator[str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "AIWRAP_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "worker",
-            "--processes",
-            "2",
-            "--threads",
-            "2",
-            "--metrics-port",
-            str(port),
-            "--grace",
-            "5",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = aiwrap_worker(
+        settings, "--processes", "2", "--threads", "2", "--metrics-port", str(port), "--grace", "5"
     )
     try:
         yield f"http://127.0.0.1:{port}/metrics"

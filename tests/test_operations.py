@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,16 @@ import psutil
 import psycopg
 import pytest
 
-from ingest.model_server import reply_text, running_model_server
+from ingest.model_server import reply_text
 from workers.broker import HEARTBEAT_TIMEOUT_MS, WakingRedisBroker
 from workers.chat import enqueue_chat, new_job
 from workers.settings import Settings
 
+from .support import aiwrap_worker
+
 #: A dead worker's messages go back once its heartbeat is this stale and the
 #: next maintenance run (every MAINTENANCE_INTERVAL_S per queue) has happened.
 REDELIVERY_BOUND_S = HEARTBEAT_TIMEOUT_MS / 1000 + WakingRedisBroker.MAINTENANCE_INTERVAL_S
-
-
-@pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    with running_model_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -47,30 +42,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 def start_workers(settings: Settings, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "OPENAI_BASE_URL": settings.openai_base_url,
-        "OPENAI_API_KEY": settings.openai_api_key,
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ingest.cli",
-                "worker",
-                "--queues",
-                "chat",
-                "--metrics-port",
-                "0",
-                *extra,
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
+    return aiwrap_worker(
+        settings,
+        "--queues",
+        "chat",
+        "--metrics-port",
+        "0",
+        *extra,
+        log=log,
+        AIWRAP_LOG_LEVEL="INFO",
+    )
 
 
 def exchange(db: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None:

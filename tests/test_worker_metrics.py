@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -13,19 +12,12 @@ import pytest
 from dramatiq import Message
 from prometheus_client import REGISTRY
 
-from ingest.model_server import running_model_server
 from workers import identity
 from workers.broker import CHAT_QUEUE, IDENTITY_QUEUE, WakingRedisBroker
 from workers.chat import enqueue_chat, new_job
 from workers.settings import Settings
 
 JOIN_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    with running_model_server() as url:
-        yield url
 
 
 @pytest.fixture

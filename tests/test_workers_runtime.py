@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,8 @@ from dramatiq import Message
 
 from workers.broker import WakingConsumer, WakingRedisBroker, wake_key
 from workers.settings import Settings
+
+from .support import aiwrap_worker
 
 
 def probe_message(queue_name: str) -> Message[Any]:
@@ -70,29 +71,7 @@ def test_queue_maintenance_is_due_by_the_clock_per_queue(broker: WakingRedisBrok
 
 @pytest.fixture
 def supervisor(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "AIWRAP_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "worker",
-            "--processes",
-            "2",
-            "--threads",
-            "2",
-            "--grace",
-            "5",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = aiwrap_worker(settings, "--processes", "2", "--threads", "2", "--grace", "5")
     yield process
     if process.poll() is None:
         process.kill()
