@@ -27,7 +27,7 @@ from workers.profiles import get_profile
 
 from .auth import ensure_active, require_user
 from .errors import ApiError
-from .queue import QueueUnavailable, enqueue
+from .queue import QueueUnavailable
 from .requests import (
     InvalidInput,
     NotFound,
@@ -144,7 +144,7 @@ async def create_chat(request: Request) -> Response:
             ttl_seconds=state.settings.stream_ttl_seconds,
         )
     try:
-        await enqueue(state.broker, CHAT_QUEUE, ACTOR_NAME, job)
+        await state.enqueuer.send(CHAT_QUEUE, ACTOR_NAME, job)
     except QueueUnavailable:
         # Nothing was accepted, so no record should say "queued"; Redis may be gone anyway.
         with contextlib.suppress(redis.exceptions.RedisError):

@@ -13,6 +13,8 @@ from workers.broker import WakingRedisBroker, build_broker
 from workers.db import make_pool
 from workers.settings import Settings
 
+from .queue import Enqueuer
+
 
 @dataclass
 class IngestState:
@@ -22,16 +24,20 @@ class IngestState:
     broker: WakingRedisBroker
     redis: aioredis.Redis
     pool: AsyncConnectionPool[Any]
+    enqueuer: Enqueuer
 
     @classmethod
     def build(cls, settings: Settings) -> IngestState:
+        broker = build_broker(settings)
+        redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=10
+        )
         return cls(
             settings=settings,
-            broker=build_broker(settings),
-            redis=aioredis.Redis.from_url(
-                settings.redis_url, socket_connect_timeout=2, socket_timeout=10
-            ),
+            broker=broker,
+            redis=redis,
             pool=make_pool(settings.database_url, name="ingest"),
+            enqueuer=Enqueuer(broker, redis),
         )
 
     @staticmethod

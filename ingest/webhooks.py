@@ -7,30 +7,22 @@ Svix deliver the event again later, so nothing is lost.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from dramatiq import Message
-from dramatiq.common import current_millis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from workers.broker import IDENTITY_QUEUE, WakingRedisBroker, wake_key
+from workers.broker import IDENTITY_QUEUE
 from workers.identity import ACTOR_NAME, HANDLED_TYPES
 from workers.logs import get_logger
 
 from .errors import ApiError
 from .metrics import WEBHOOK_VERIFICATION_FAILURES
-from .queue import QueueUnavailable
 from .state import IngestState
 
 log = get_logger(__name__)
@@ -131,109 +123,6 @@ def parse_event(text: str) -> dict[str, Any]:
     return event
 
 
-class IdentityEnqueuer:
-    """Puts events on the identity queue, many requests to one Redis round trip.
-
-    The same Lua dispatch and wake-up as WakingRedisBroker.enqueue, sent with
-    the async Redis client on the event loop (ingest.queue.enqueue hops to a
-    thread for the synchronous client and makes two round trips per event,
-    which caps one ingest process at a few hundred webhooks a second). While
-    one pipeline is in flight, the events that arrive meanwhile wait for the
-    next, so an idle system sends at once and a busy one sends in batches;
-    each request is answered only once Redis has its event.
-    """
-
-    def __init__(self, state: IngestState) -> None:
-        self.state = state
-        self.pending: list[tuple[Message[Any], asyncio.Future[None]]] = []
-        self.sending: asyncio.Task[None] | None = None
-
-    @staticmethod
-    def of(request: Request) -> IdentityEnqueuer:
-        app_state = request.app.state
-        enqueuer: IdentityEnqueuer | None = getattr(app_state, "identity_enqueuer", None)
-        if enqueuer is None or enqueuer.state is not IngestState.of(request):
-            enqueuer = app_state.identity_enqueuer = IdentityEnqueuer(IngestState.of(request))
-        return enqueuer
-
-    async def enqueue(self, svix_id: str, event: dict[str, Any]) -> None:
-        """Return once the event is on the queue; raise QueueUnavailable if Redis fails."""
-        message: Message[Any] = Message(
-            queue_name=IDENTITY_QUEUE,
-            actor_name=ACTOR_NAME,
-            args=(svix_id, event),
-            kwargs={},
-            options={"redis_message_id": str(uuid.uuid4())},
-        )
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((message, sent))
-        if self.sending is None:
-            self.sending = asyncio.create_task(self._drain())
-        await sent
-
-    async def _drain(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                await self._send(batch)
-        finally:
-            self.sending = None
-
-    async def _send(self, batch: list[tuple[Message[Any], asyncio.Future[None]]]) -> None:
-        broker = self.state.broker
-        try:
-            for message, _ in batch:
-                broker.emit_before("enqueue", message, None)
-            await self._pipeline([message for message, _ in batch])
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            for _, sent in batch:
-                if not sent.done():
-                    sent.set_exception(QueueUnavailable())
-            log.warning("identity_enqueue_failed", error=type(error).__name__, events=len(batch))
-            return
-        except Exception as error:
-            for _, sent in batch:
-                if not sent.done():
-                    sent.set_exception(error)
-            return
-        for message, sent in batch:
-            broker.emit_after("enqueue", message, None)
-            if not sent.done():
-                sent.set_result(None)
-
-    async def _pipeline(self, messages: list[Message[Any]]) -> None:
-        broker = self.state.broker
-        dispatch = broker.scripts["dispatch"]
-        wake = wake_key(broker.namespace, IDENTITY_QUEUE)
-        fixed = [
-            current_millis(), IDENTITY_QUEUE, broker.broker_id, broker.heartbeat_timeout,
-            broker.dead_message_ttl, 0, broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-        ]  # fmt: skip
-        for attempt in range(2):
-            async with self.state.redis.pipeline(transaction=False) as pipe:
-                for message in messages:
-                    pipe.evalsha(
-                        dispatch.sha,
-                        1,
-                        broker.namespace,
-                        "enqueue",
-                        *fixed,
-                        message.options["redis_message_id"],
-                        message.encode(),
-                    )
-                pipe.lpush(wake, *([1] * min(len(messages), WakingRedisBroker.MAX_WAKE_TOKENS)))
-                pipe.ltrim(wake, 0, WakingRedisBroker.MAX_WAKE_TOKENS - 1)
-                try:
-                    await pipe.execute()
-                    return
-                except NoScriptError:
-                    # A restarted Redis has forgotten the script: load it, then again.
-                    # Every dispatch in the pipeline failed alike, so none is doubled.
-                    if attempt:
-                        raise
-                    await self.state.redis.script_load(dispatch.script)
-
-
 async def receive_clerk_webhook(request: Request) -> JSONResponse:
     state = IngestState.of(request)
     secret = state.settings.clerk_webhook_secret
@@ -256,7 +145,7 @@ async def receive_clerk_webhook(request: Request) -> JSONResponse:
     svix_id = headers["svix-id"]
     if event["type"] not in HANDLED_TYPES:
         return JSONResponse({"status": "ignored", "type": event["type"]})
-    await IdentityEnqueuer.of(request).enqueue(svix_id, event)
+    await state.enqueuer.send(IDENTITY_QUEUE, ACTOR_NAME, svix_id, event)
     return JSONResponse({"status": "queued", "svix_id": svix_id})
 
 

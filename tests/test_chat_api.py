@@ -25,13 +25,12 @@ import redis as redis_lib
 import redis.asyncio as aioredis
 from dramatiq import Message
 
-from ingest import chat as chat_routes
 from ingest import sse as sse_routes
 from ingest.app import create_app
 from ingest.cli import main as cli_main
 from ingest.embedded import EmbeddedRedis, free_port
 from ingest.model_server import running_model_server
-from ingest.queue import QueueUnavailable
+from ingest.queue import Enqueuer, QueueUnavailable
 from workers import streams
 from workers.broker import WakingRedisBroker, build_broker
 from workers.metering import month_start
@@ -347,7 +346,7 @@ def test_when_the_queue_refuses_the_job_no_record_says_queued(
     async def refuse(*_args: Any) -> None:
         raise QueueUnavailable()
 
-    monkeypatch.setattr(chat_routes, "enqueue", refuse)
+    monkeypatch.setattr(Enqueuer, "send", refuse)
     response = http.post("/v1/chat", json={"prompt": "hi"}, headers=as_user(settings, user_id))
     assert_error(response, 503, "queue_unavailable")
     owners = [redis.hget(key, "user_id") for key in redis.scan_iter("aiwrap:chat:*:job")]
