@@ -85,10 +85,8 @@ def run_worker_process(options: WorkerOptions, index: int) -> None:
     )
     stop.wait()
     log.info("worker_process_draining", index=index, grace_seconds=options.grace_seconds)
-    broker.emit_before("process_stop")
     worker.stop(timeout=int(options.grace_seconds * 1000))
     broker.close()
-    broker.emit_after("process_stop")
     log.info("worker_process_stopped", index=index)
 
 
