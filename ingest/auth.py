@@ -99,10 +99,15 @@ def require_service(caller: Caller) -> None:
         raise Forbidden("service_key_required", "This route takes a service key, not a session.")
 
 
+def user_deleted() -> Forbidden:
+    """The 403 for a user deleted in Clerk."""
+    return Forbidden("user_deleted", "This user was deleted and can no longer use aiwrap.")
+
+
 async def ensure_active(conn: Any, user_id: str) -> None:
     """Raise 403 when the user was deleted in Clerk."""
     if await is_tombstoned(conn, user_id):
-        raise Forbidden("user_deleted", "This user was deleted and can no longer use aiwrap.")
+        raise user_deleted()
 
 
 def is_service_key(token: str, keys: tuple[str, ...]) -> bool:

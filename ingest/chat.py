@@ -23,9 +23,8 @@ from starlette.routing import BaseRoute, Route
 from workers import history, metering, streams
 from workers.broker import CHAT_QUEUE
 from workers.chat import ACTOR_NAME, InvalidChatJob, new_job
-from workers.profiles import get_profile
 
-from .auth import ensure_active, require_user
+from .auth import ensure_active, require_user, user_deleted
 from .errors import ApiError
 from .queue import QueueUnavailable
 from .requests import (
@@ -116,15 +115,16 @@ async def create_chat(request: Request) -> Response:
         check_priced(state, model)
 
     async with database(state) as conn:
-        await ensure_active(conn, user_id)
-        if model is None:
-            profile = await get_profile(conn, user_id)
-            model = profile.default_model if profile else DEFAULT_MODEL
-            check_priced(state, model)
-        if await metering.over_budget(conn, user_id):
-            raise ApiError(
-                402, "budget_exceeded", "This month's token budget is used up; see GET /v1/usage."
-            )
+        admitted = await metering.admission(conn, user_id)
+    if admitted.deleted:
+        raise user_deleted()
+    if model is None:
+        model = admitted.default_model or DEFAULT_MODEL
+        check_priced(state, model)
+    if admitted.over_budget:
+        raise ApiError(
+            402, "budget_exceeded", "This month's token budget is used up; see GET /v1/usage."
+        )
 
     try:
         job = new_job(

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from workers.errors import ConfigurationError
 from workers.metering import (
     Price,
+    admission,
     cost_microcents,
     load_prices,
     month_start,
@@ -182,3 +183,35 @@ def test_a_user_is_over_budget_once_their_tokens_reach_a_nonzero_budget(
 def test_a_user_without_a_profile_has_no_usage_and_no_cap(migrated: str, user_id: str) -> None:
     usage, over = asyncio.run(usage_and_budget(migrated, user_id, datetime.now(UTC)))
     assert (usage.tokens_used, usage.remaining, over) == (0, None, False)
+
+
+def test_admission_reads_tombstone_default_model_and_budget_in_one_statement(
+    migrated: str, user_id: str
+) -> None:
+    async def check() -> None:
+        async with await AsyncConnection.connect(
+            migrated, autocommit=True, row_factory=dict_row
+        ) as conn:
+            unknown = await admission(conn, user_id)
+            assert (unknown.deleted, unknown.default_model, unknown.over_budget) == (
+                False,
+                None,
+                False,
+            )
+            await conn.execute('INSERT INTO "user" (id) VALUES (%s)', [user_id])
+            await conn.execute(
+                "INSERT INTO user_profiles (user_id, default_model, monthly_token_budget)"
+                " VALUES (%s, 'gpt-4o', 10)",
+                [user_id],
+            )
+            await conn.execute(
+                "INSERT INTO token_usage (user_id, model, prompt_tokens, completion_tokens)"
+                " VALUES (%s, 'gpt-4o', 4, 6)",
+                [user_id],
+            )
+            at_budget = await admission(conn, user_id)
+            assert (at_budget.default_model, at_budget.over_budget) == ("gpt-4o", True)
+            await conn.execute("INSERT INTO user_tombstones VALUES (%s, now())", [user_id])
+            assert (await admission(conn, user_id)).deleted
+
+    asyncio.run(check())

@@ -198,3 +198,45 @@ async def over_budget(
 def _col(row: Any, index: int, name: str) -> Any:
     # Callers' connections may use tuple or dict rows.
     return row[name] if isinstance(row, dict) else row[index]
+
+
+# What POST /v1/chat needs to know before it accepts a chat, in one round trip:
+# whether the user was deleted, their default model (NULL without a profile),
+# and whether they are already at their budget.
+ADMISSION = """
+SELECT EXISTS (SELECT 1 FROM user_tombstones t WHERE t.user_id = %(user_id)s) AS deleted,
+       p.default_model,
+       COALESCE(p.monthly_token_budget > 0
+                AND COALESCE((SELECT sum(u.prompt_tokens + u.completion_tokens)
+                                FROM token_usage u
+                               WHERE u.user_id = %(user_id)s
+                                 AND u.created_at >= %(start)s AND u.created_at < %(end)s), 0)
+                    >= p.monthly_token_budget, false) AS over_budget
+  FROM (SELECT 1) AS one
+  LEFT JOIN user_profiles p ON p.user_id = %(user_id)s
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What decides whether a chat request is accepted, read in one statement."""
+
+    deleted: bool
+    default_model: str | None
+    over_budget: bool
+
+
+async def admission(
+    conn: AsyncConnection[Any], user_id: str, now: datetime | None = None
+) -> Admission:
+    """Tombstone, default model and budget state of a user, in one round trip."""
+    start = month_start(now)
+    async with conn.cursor() as cur:
+        await cur.execute(ADMISSION, {"user_id": user_id, "start": start, "end": next_month(start)})
+        row = await cur.fetchone()
+    assert row is not None  # the LEFT JOIN always yields one row
+    return Admission(
+        deleted=bool(_col(row, 0, "deleted")),
+        default_model=_col(row, 1, "default_model"),
+        over_budget=bool(_col(row, 2, "over_budget")),
+    )
