@@ -28,7 +28,13 @@ from workers import identity
 from workers.broker import IDENTITY_QUEUE, WakingRedisBroker
 from workers.db import CONNECTION_KWARGS
 from workers.errors import InvalidEvent
-from workers.identity import apply_change, is_tombstoned, parse_clerk_event, provision_user
+from workers.identity import (
+    apply_change,
+    is_tombstoned,
+    parse_clerk_event,
+    provision_user,
+    prune_deliveries,
+)
 from workers.logs import configure_logging
 from workers.settings import Settings
 
@@ -714,3 +720,27 @@ def test_events_queued_before_the_worker_starts_wait_for_its_pool_instead_of_fai
     assert all(user_row(db, v.user_id) == v.row() for v in versions)
     # Not one failed and was retried: each waited for the pool to open.
     assert [r.getMessage() for r in failures] == []
+
+
+def test_deliveries_older_than_any_svix_retry_are_pruned(
+    db: psycopg.Connection[Any], migrated: str, user_id: str
+) -> None:
+    old, recent = f"msg_old_{user_id}", f"msg_recent_{user_id}"
+    db.execute(
+        "INSERT INTO clerk_deliveries (svix_id, applied_at) VALUES"
+        " (%s, now() - interval '4 days'), (%s, now() - interval '1 day')",
+        [old, recent],
+    )
+
+    async def prune() -> int:
+        async with await psycopg.AsyncConnection.connect(migrated) as conn:
+            return await prune_deliveries(conn)
+
+    assert asyncio.run(prune()) >= 1
+    kept = {
+        row["svix_id"]
+        for row in db.execute(
+            "SELECT svix_id FROM clerk_deliveries WHERE svix_id = ANY(%s)", [[old, recent]]
+        )
+    }
+    assert kept == {recent}

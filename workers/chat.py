@@ -91,9 +91,6 @@ TIME_LIMIT_MS: Final = 30 * 60_000
 #: Seconds a cancelled upstream call gets to close its connection.
 CANCEL_WAIT_S: Final = 2.0
 
-#: Seconds a chat waits for its worker's runtime to open at start-up.
-RUNTIME_OPEN_WAIT_S: Final = 30.0
-
 #: Tokens as the estimate counts them when the upstream sends no usage.
 TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -735,7 +732,6 @@ def declare(broker: Broker, runtime: Runtime) -> None:
                 job_id=job.get("id") if isinstance(job, dict) else None,
             )
             return
-        await _wait_until_open(runtime)
         await Chat(runtime, listener, chat).run()
 
     dramatiq.actor(
@@ -750,20 +746,6 @@ def declare(broker: Broker, runtime: Runtime) -> None:
         # Dramatiq's default limit (10 min) would cut a long generation short.
         time_limit=TIME_LIMIT_MS,
     )(run_chat)
-
-
-async def _wait_until_open(runtime: Runtime) -> None:
-    # Dramatiq starts worker threads before after_worker_boot, where the runtime
-    # opens, so a message waiting at start-up can arrive first.
-    deadline = time.monotonic() + RUNTIME_OPEN_WAIT_S
-    while True:
-        try:
-            runtime.pool, runtime.redis, runtime.openai  # noqa: B018
-            return
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 def _should_retry(retries: int, error: BaseException) -> bool:

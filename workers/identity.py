@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import dramatiq
+import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.rows import tuple_row
 
@@ -47,8 +48,6 @@ MAX_BACKOFF_MS = 30_000
 MAX_UNEXPECTED_RETRIES = 5
 #: Most events applied in one transaction.
 MAX_GROUP = 64
-#: Seconds an event waits for its worker process to open its database pool.
-RUNTIME_OPEN_WAIT_S = 30.0
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Clerk's timestamps are milliseconds; anything below this is seconds.
@@ -364,6 +363,22 @@ async def apply_change(
     return outcome
 
 
+#: Svix retries a delivery for about 28 hours; remembering applied ones for
+#: three days is plenty, and the dedupe is only an optimisation anyway.
+PRUNE_DELIVERIES = """
+DELETE FROM clerk_deliveries WHERE applied_at < now() - interval '3 days'
+"""
+#: Seconds between prunes, per worker process.
+PRUNE_EVERY_S = 600.0
+
+
+async def prune_deliveries(conn: AsyncConnection[Any]) -> int:
+    """Forget applied deliveries older than any Svix retry; return how many."""
+    async with conn.transaction():
+        cursor = await conn.execute(PRUNE_DELIVERIES)
+    return cursor.rowcount
+
+
 class GroupApplier:
     """Applies the events of every actor call in this process, many per transaction.
 
@@ -378,6 +393,7 @@ class GroupApplier:
         self.runtime = runtime
         self.pending: list[tuple[str, UserChanged | UserDeleted, asyncio.Future[Outcome]]] = []
         self.draining: asyncio.Task[None] | None = None
+        self.next_prune = time.monotonic()
 
     async def apply(self, svix_id: str, change: UserChanged | UserDeleted) -> Outcome:
         """Apply one event; return once its transaction has committed."""
@@ -389,30 +405,24 @@ class GroupApplier:
 
     async def _drain(self) -> None:
         try:
-            try:
-                await self._wait_for_runtime()
-            except RuntimeError as error:
-                failed, self.pending = self.pending, []
-                for _, _, applied in failed:
-                    _settle(applied, error=error)
             while self.pending:
                 batch, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
                 await self._apply_group(batch)
+            if time.monotonic() >= self.next_prune:
+                self.next_prune = time.monotonic() + PRUNE_EVERY_S
+                await self._prune()
         finally:
             self.draining = None
 
-    async def _wait_for_runtime(self) -> None:
-        # Dramatiq starts its worker threads before after_worker_boot, where the
-        # runtime opens, so a message already queued at start-up can come first.
-        deadline = time.monotonic() + RUNTIME_OPEN_WAIT_S
-        while True:
-            try:
-                self.runtime.pool  # noqa: B018
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
+    async def _prune(self) -> None:
+        try:
+            async with self.runtime.pool.connection() as conn:
+                pruned = await prune_deliveries(conn)
+        except psycopg.Error as error:  # pruning can wait for the next time
+            log.warning("clerk_deliveries_prune_failed", error=str(error))
+            return
+        if pruned:
+            log.info("clerk_deliveries_pruned", deliveries=pruned)
 
     async def _apply_group(
         self, batch: list[tuple[str, UserChanged | UserDeleted, asyncio.Future[Outcome]]]
