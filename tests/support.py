@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,13 @@ def aiwrap_worker(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
+
+
+def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; say whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

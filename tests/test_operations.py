@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from workers.broker import HEARTBEAT_TIMEOUT_MS, WakingRedisBroker
 from workers.chat import enqueue_chat, new_job
 from workers.settings import Settings
 
-from .support import aiwrap_worker
+from .support import aiwrap_worker, eventually
 
 #: A dead worker's messages go back once its heartbeat is this stale and the
 #: next maintenance run (every MAINTENANCE_INTERVAL_S per queue) has happened.
@@ -30,15 +29,6 @@ REDELIVERY_BOUND_S = HEARTBEAT_TIMEOUT_MS / 1000 + WakingRedisBroker.MAINTENANCE
 @pytest.fixture
 def settings(settings: Settings, model_url: str) -> Settings:
     return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def start_workers(settings: Settings, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -93,7 +83,7 @@ def test_sigterm_lets_an_in_flight_chat_finish_before_the_worker_exits(
             model="gpt-4o-mini",
         )
         enqueue_chat(broker, job)
-        assert wait_for(lambda: exchange(db, job["id"]) is not None, 30), log.read_text()
+        assert eventually(lambda: exchange(db, job["id"]) is not None, 30), log.read_text()
         assert exchange(db, job["id"])["completion"] is None  # type: ignore[index]
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(60) == 0
@@ -124,7 +114,7 @@ def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_boun
             model="gpt-4o-mini",
         )
         enqueue_chat(broker, job)
-        assert wait_for(lambda: exchange(db, job["id"]) is not None, 30), log.read_text()
+        assert eventually(lambda: exchange(db, job["id"]) is not None, 30), log.read_text()
         [victim] = worker_pids(supervisor)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -134,7 +124,7 @@ def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_boun
             return row is not None and row["completion"] is not None
 
         # Restart, heartbeat expiry, maintenance, then the rerun itself (~3 s of deltas).
-        assert wait_for(finished, REDELIVERY_BOUND_S + 20), log.read_text()[-3000:]
+        assert eventually(finished, REDELIVERY_BOUND_S + 20), log.read_text()[-3000:]
         assert time.monotonic() - killed_at < REDELIVERY_BOUND_S + 20
         assert victim not in worker_pids(supervisor)
     finally:

@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -17,7 +16,7 @@ from dramatiq import Message
 from workers.broker import WakingConsumer, WakingRedisBroker, wake_key
 from workers.settings import Settings
 
-from .support import aiwrap_worker
+from .support import aiwrap_worker, eventually
 
 
 def probe_message(queue_name: str) -> Message[Any]:
@@ -87,19 +86,10 @@ def live_children(pid: int) -> set[int]:
     }
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_the_supervisor_replaces_a_killed_worker_process_and_drains_on_sigterm(
     supervisor: subprocess.Popen[bytes],
 ) -> None:
-    assert wait_for(lambda: len(live_children(supervisor.pid)) == 2, 30)
+    assert eventually(lambda: len(live_children(supervisor.pid)) == 2, 30)
     victim = min(live_children(supervisor.pid))
     os.kill(victim, signal.SIGKILL)
 
@@ -107,7 +97,7 @@ def test_the_supervisor_replaces_a_killed_worker_process_and_drains_on_sigterm(
         alive = live_children(supervisor.pid)
         return len(alive) == 2 and victim not in alive
 
-    assert wait_for(replaced, 30), "the killed worker process was not replaced"
+    assert eventually(replaced, 30), "the killed worker process was not replaced"
     assert supervisor.poll() is None
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0
