@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import time
 from contextlib import ExitStack
@@ -119,6 +120,22 @@ async def background(
 
     await asyncio.gather(*(one_after_another() for _ in range(streams)))
     return done
+
+
+def background_process(
+    ingest_url: str, streams: int, seconds: float, user_id: str, finished: Any
+) -> None:
+    """The background load in a process of its own, so that reading its streams does
+    not slow the probes' client down and inflate what they measure."""
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+        async with httpx.AsyncClient(base_url=ingest_url, timeout=120, limits=limits) as client:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(seconds, stop.set)
+            finished.value = await background(client, streams, stop, user_id)
+
+    asyncio.run(main())
 
 
 def rss_mb(pid: int) -> float:
@@ -222,14 +239,20 @@ async def run(
             )
         ]
 
-        stop = asyncio.Event()
-        load = asyncio.create_task(background(client, args.load, stop, "user_bench_load"))
-        await asyncio.sleep(3)  # let the background reach its steady state
+        context = multiprocessing.get_context("spawn")
+        finished_chats = context.Value("i", 0)
+        settle_s, probing_s = 3.0, args.idle * 0.25 + 5
+        load = context.Process(
+            target=background_process,
+            args=(ingest_url, args.load, settle_s + probing_s, "user_bench_load", finished_chats),
+        )
+        load.start()
+        await asyncio.sleep(settle_s)  # let the background reach its steady state
         added = await probes(
             client, model_url, args.idle, 0.25, 10 + args.idle, "user_bench_loaded"
         )
-        stop.set()
-        finished = await load
+        await asyncio.to_thread(load.join, 300)
+        finished = finished_chats.value
         results.append(
             {
                 **summary(f"under load ({args.load} concurrent SSE streams)", added),
