@@ -51,15 +51,13 @@ import dramatiq
 import httpx2
 import openai
 import redis as redis_sync
-from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware
 from openai.types.chat import ChatCompletionMessageParam
 from psycopg.types.json import Jsonb
 
 from . import metrics, streams
-from .broker import CHAT_QUEUE, RuntimeMiddleware
+from .broker import CHAT_QUEUE
 from .db import is_transient
 from .errors import AiwrapError
 from .identity import provision_user
@@ -323,8 +321,8 @@ class Outcome:
 class Chat:
     """One run of one chat job on one worker."""
 
-    def __init__(self, runtime: Runtime, listener: streams.CancelListener, job: ChatJob) -> None:
-        self.rt, self.listener, self.job = runtime, listener, job
+    def __init__(self, runtime: Runtime, job: ChatJob) -> None:
+        self.rt, self.job = runtime, job
         self.redis = runtime.redis
         self.published = ""  # text the stream already holds (a previous run's)
         self.published_len = 0
@@ -382,8 +380,8 @@ class Chat:
             status=streams.RUNNING,
         )
         reply = Reply()
-        with self.listener.watch(job.id) as cancel:
-            await self.listener.wait_ready(1.0)
+        with self.rt.cancels.watch(job.id) as cancel:
+            await self.rt.cancels.wait_ready(1.0)
             if await streams.cancel_requested(self.redis, job.id):
                 cancel.set()
             await self._converse(reply, cancel)
@@ -695,32 +693,8 @@ async def _with_db_retries(step: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-class ChatMiddleware(Middleware):
-    """Runs the process's cancel listener while the worker runs."""
-
-    def __init__(self, runtime: Runtime, listener: streams.CancelListener) -> None:
-        self.runtime, self.listener = runtime, listener
-
-    def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        loop = get_event_loop_thread()
-        assert loop is not None, "AsyncIO middleware must come before ChatMiddleware"
-
-        async def start() -> None:
-            self.listener.start(self.runtime.redis)
-
-        loop.run_coroutine(start())
-
-    def before_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        loop = get_event_loop_thread()
-        if loop is not None:
-            loop.run_coroutine(self.listener.stop())
-
-
 def declare(broker: Broker, runtime: Runtime) -> None:
-    """Declare the chat actor, and the middleware running its cancel listener, on `broker`."""
-    listener = streams.CancelListener()
-    # Before RuntimeMiddleware: it starts after the runtime opens, stops before it closes.
-    broker.add_middleware(ChatMiddleware(runtime, listener), before=RuntimeMiddleware)
+    """Declare the chat actor on `broker`."""
 
     async def run_chat(job: dict[str, Any]) -> None:
         try:
@@ -732,7 +706,7 @@ def declare(broker: Broker, runtime: Runtime) -> None:
                 job_id=job.get("id") if isinstance(job, dict) else None,
             )
             return
-        await Chat(runtime, listener, chat).run()
+        await Chat(runtime, chat).run()
 
     dramatiq.actor(
         actor_name=ACTOR_NAME,

@@ -18,6 +18,7 @@ from .db import POOL_TIMEOUT, make_pool
 from .logs import get_logger
 from .metering import Price, load_prices
 from .settings import Settings
+from .streams import CancelListener
 
 #: Seconds to connect to the model, and to wait for each next piece of its reply.
 OPENAI_CONNECT_TIMEOUT_S = 5.0
@@ -37,6 +38,8 @@ class Runtime:
         self._redis: aioredis.Redis | None = None
         self._openai: AsyncOpenAI | None = None
         self._prices: dict[str, Price] | None = None
+        #: Chat cancellations, heard on one Pub/Sub subscription for the process.
+        self.cancels = CancelListener()
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -75,6 +78,7 @@ class Runtime:
                 self.settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=10
             )
         )
+        self.cancels.start(self._redis)
         self._openai = AsyncOpenAI(
             api_key=self.settings.openai_api_key or "unset",
             base_url=self.settings.openai_base_url or None,
@@ -92,6 +96,8 @@ class Runtime:
             log.warning("database_unreachable_at_start", retrying_in_background=True)
 
     async def close(self) -> None:
+        # After in-flight chats have finished: they can be cancelled while draining.
+        await self.cancels.stop()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
