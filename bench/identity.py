@@ -403,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         default=WORKER_THREADS,
         help="worker threads per process (default: aiwrap worker's)",
     )
+    parser.add_argument(
+        "--only",
+        choices=["http", "worker", "latency"],
+        help="run just one of the three measurements",
+    )
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--worker", metavar="QUEUE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -420,24 +425,27 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "log_level": env["AIWRAP_LOG_LEVEL"],
         }
-        http = measure_http(stack, env, args.seconds)
-        report["webhooks_per_s"] = {
-            **{k: round(v) for k, v in http.items()},
-            "ratio": round(http["aiwrap_ingest"] / http["bare_starlette"], 2),
-            "connections": CONNECTIONS,
-        }
-        print(json.dumps(report["webhooks_per_s"]), flush=True)
-        worker = measure_worker(stack, env, args.events, args.threads)
-        report["events_applied_per_s"] = {
-            **{k: round(v) for k, v in worker.items()},
-            "worker_threads": args.threads,
-        }
-        print(json.dumps(report["events_applied_per_s"]), flush=True)
-        latency = measure_latency(stack, env, args.samples, args.load_rate)
-        report["accepted_to_visible"] = {
-            name: {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
-            for name, figures in latency.items()
-        }
+        if args.only in (None, "http"):
+            http = measure_http(stack, env, args.seconds)
+            report["webhooks_per_s"] = {
+                **{k: round(v) for k, v in http.items()},
+                "ratio": round(http["aiwrap_ingest"] / http["bare_starlette"], 2),
+                "connections": CONNECTIONS,
+            }
+            print(json.dumps(report["webhooks_per_s"]), flush=True)
+        if args.only in (None, "worker"):
+            worker = measure_worker(stack, env, args.events, args.threads)
+            report["events_applied_per_s"] = {
+                **{k: round(v) for k, v in worker.items()},
+                "worker_threads": args.threads,
+            }
+            print(json.dumps(report["events_applied_per_s"]), flush=True)
+        if args.only in (None, "latency"):
+            latency = measure_latency(stack, env, args.samples, args.load_rate)
+            report["accepted_to_visible"] = {
+                name: {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+                for name, figures in latency.items()
+            }
         print(json.dumps(report, indent=2))
     return 0
 
