@@ -60,9 +60,8 @@ from . import metrics, streams
 from .broker import CHAT_QUEUE
 from .db import is_transient
 from .errors import AiwrapError
-from .identity import provision_user
 from .logs import get_logger
-from .metering import cost_microcents, over_budget, price_for
+from .metering import cost_microcents, month_start, next_month, price_for
 from .runtime import Runtime
 
 log = get_logger(__name__)
@@ -101,20 +100,21 @@ RELEASE_LEASE = (
     "return redis.call('del', KEYS[1]) else return 0 end"
 )
 
-SELECT_LOG = """
-SELECT completion, status, prompt_tokens, completion_tokens, metadata
-  FROM prompt_logs WHERE id = %(id)s FOR UPDATE
+#: Open the exchange: see aiwrap_begin_chat in schema.sql. One statement, so one
+#: round trip, with its plans cached in the server backend (PgBouncer-safe).
+BEGIN_CHAT = """
+SELECT * FROM aiwrap_begin_chat(
+    %(id)s, %(user_id)s, %(model)s, %(prompt)s, %(metadata)s, %(default_budget)s,
+    %(priced)s, %(cancelled)s, %(month_start)s, %(month_end)s)
 """
 
-#: A new exchange, or a job coming back after a crash (its row is still open).
-START_LOG = """
-INSERT INTO prompt_logs (id, user_id, model, prompt, metadata)
-VALUES (%(id)s, %(user_id)s, %(model)s, %(prompt)s, %(metadata)s)
-ON CONFLICT (id) DO UPDATE
-   SET metadata = prompt_logs.metadata
-       || jsonb_build_object('attempt', COALESCE((prompt_logs.metadata->>'attempt')::int, 1) + 1)
- WHERE prompt_logs.completion IS NULL
-"""
+#: What aiwrap_begin_chat's refusals say, for the row and the stream's error event.
+REFUSALS: Final = {
+    "user_deleted": "This user has been deleted.",
+    "cancelled": "The chat was cancelled before it started.",
+    "model_not_priced": "The model has no price.",
+    "budget_exceeded": "The monthly token budget is used up.",
+}
 
 #: An exchange refused before any model call: logged, finished, never metered.
 REFUSED_LOG = """
@@ -330,22 +330,30 @@ class Chat:
         self.started = time.perf_counter()
 
     async def run(self) -> None:
+        job, cancels = self.job, self.rt.cancels
         token = uuid.uuid4().hex
-        lease = streams.lease_key(self.job.id)
-        if not await self.redis.set(lease, token, nx=True, px=LEASE_MS):
-            log.info("chat_already_running", job_id=self.job.id)
-            return
-        # Stopped by an event, not cancelled: redis-py can swallow a cancellation
-        # that lands mid-command, and then the renewer would never end.
-        done = asyncio.Event()
-        renewer = asyncio.create_task(self._renew_lease(lease, token, done))
-        try:
-            await self._run()
-        finally:
-            done.set()
-            await asyncio.wait({renewer}, timeout=LEASE_RENEW_S)
-            with contextlib.suppress(redis_sync.RedisError):
-                await self.redis.eval(RELEASE_LEASE, 1, lease, token)
+        lease = streams.lease_key(job.id)
+        # Watched before the flag is read: a cancel then lands either in the
+        # flag, read with the lease, or on the listener, which sets the event.
+        with cancels.watch(job.id) as cancel:
+            await cancels.wait_ready(1.0)
+            taken = await streams.take(self.redis, job.id, lease, token, LEASE_MS)
+            if taken is None:
+                log.info("chat_already_running", job_id=job.id)
+                return
+            if taken.cancelled:
+                cancel.set()
+            # Stopped by an event, not cancelled: redis-py can swallow a cancellation
+            # that lands mid-command, and then the renewer would never end.
+            done = asyncio.Event()
+            renewer = asyncio.create_task(self._renew_lease(lease, token, done))
+            try:
+                await self._run(taken.events, cancel)
+            finally:
+                done.set()
+                await asyncio.wait({renewer}, timeout=LEASE_RENEW_S)
+                with contextlib.suppress(redis_sync.RedisError):
+                    await self.redis.eval(RELEASE_LEASE, 1, lease, token)
 
     async def _renew_lease(self, lease: str, token: str, done: asyncio.Event) -> None:
         while not done.is_set():
@@ -355,9 +363,8 @@ class Chat:
             with contextlib.suppress(redis_sync.RedisError):
                 await self.redis.eval(RENEW_LEASE, 1, lease, token, LEASE_MS)
 
-    async def _run(self) -> None:
+    async def _run(self, events: list[streams.StreamEvent], cancel: asyncio.Event) -> None:
         job = self.job
-        events = await streams.read_all(self.redis, job.id)
         if any(e.terminal for e in events):
             log.info("chat_already_finished", job_id=job.id)
             return
@@ -365,27 +372,24 @@ class Chat:
             str(e.data.get("content", "")) for e in events if e.event == streams.DELTA
         )
         self.published_len = len(self.published)
-        cancelled = await streams.cancel_requested(self.redis, job.id)
-        outcome = await _with_db_retries(lambda: self._begin(cancelled))
-        if outcome is not None:
-            await self._end(outcome)
-            return
-        await streams.write_job_record(
-            self.redis,
-            job.id,
-            user_id=job.user_id,
-            model=job.model,
-            requested_at=job.requested_at,
-            ttl_seconds=self.rt.settings.stream_ttl_seconds,
-            status=streams.RUNNING,
+        # The record says "running" while the row opens: neither waits for the other,
+        # and a refusal's final status is written only after both.
+        outcome, _ = await asyncio.gather(
+            _with_db_retries(lambda: self._begin(cancel.is_set())),
+            streams.write_job_record(
+                self.redis,
+                job.id,
+                user_id=job.user_id,
+                model=job.model,
+                requested_at=job.requested_at,
+                ttl_seconds=self.rt.settings.stream_ttl_seconds,
+                status=streams.RUNNING,
+            ),
         )
-        reply = Reply()
-        with self.rt.cancels.watch(job.id) as cancel:
-            await self.rt.cancels.wait_ready(1.0)
-            if await streams.cancel_requested(self.redis, job.id):
-                cancel.set()
+        if outcome is None:
+            reply = Reply()
             await self._converse(reply, cancel)
-        outcome = await _with_db_retries(lambda: self._finish(reply))
+            outcome = await _with_db_retries(lambda: self._finish(reply))
         await self._end(outcome)
 
     async def _end(self, outcome: Outcome) -> None:
@@ -401,47 +405,44 @@ class Chat:
 
     async def _begin(self, cancelled: bool) -> Outcome | None:
         """Open the exchange's row, or say why it must not call the model."""
-        job, settings = self.job, self.rt.settings
+        job = self.job
+        start = month_start()
+        opened = {"state": "running", "attempt": 1, "request": job.request_metadata()}
         params: dict[str, Any] = {
             "id": job.id,
             "user_id": job.user_id,
             "model": job.model,
             "prompt": job.prompt,
+            "metadata": Jsonb(opened),
+            "default_budget": self.rt.settings.default_monthly_token_budget,
+            "priced": price_for(self.rt.prices, job.model) is not None,
+            "cancelled": cancelled,
+            "month_start": start,
+            "month_end": next_month(start),
         }
-        # Pipelined: statements that need no answer before the next go out
-        # together, so the connection is held for as few round trips as possible.
-        async with self.rt.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            cur = await conn.execute(SELECT_LOG, params)
+        # BEGIN, the call and COMMIT go out together; the row is read after.
+        async with self.rt.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                cur = await conn.execute(BEGIN_CHAT, params)
             row = await cur.fetchone()
-            if row is not None and row["completion"] is not None:
-                return _outcome_of_row(row)
-            if row is None:  # a job coming back after a crash was already admitted
-                if not await provision_user(
-                    conn, job.user_id, settings.default_monthly_token_budget
-                ):
-                    log.warning("chat_refused_deleted_user", job_id=job.id, user_id=job.user_id)
-                    return Outcome(
-                        "error",
-                        streams.ERROR,
-                        {"code": "user_deleted", "message": "This user has been deleted."},
-                    )
-                refusal = None
-                if cancelled:
-                    refusal = ("cancelled", "The chat was cancelled before it started.")
-                elif price_for(self.rt.prices, job.model) is None:
-                    refusal = ("model_not_priced", f"Model {job.model!r} has no price.")
-                elif await over_budget(conn, job.user_id):
-                    refusal = ("budget_exceeded", "The monthly token budget is used up.")
-                if refusal is not None:
-                    code, message = refusal
-                    if code == "budget_exceeded":
-                        metrics.BUDGET_REFUSALS.inc()
-                    meta = {**self._metadata(Reply()), "error": {"code": code, "message": message}}
-                    await conn.execute(REFUSED_LOG, {**params, "metadata": Jsonb(meta)})
-                    return Outcome("error", streams.ERROR, {"code": code, "message": message})
-            meta = {"state": "running", "attempt": 1, "request": job.request_metadata()}
-            await conn.execute(START_LOG, {**params, "metadata": Jsonb(meta)})
-        return None
+        assert row is not None
+        if row["outcome"] == "started":
+            return None
+        if row["outcome"] == "finished":
+            return _outcome_of_row(row)
+        code = row["outcome"]
+        error = {"code": code, "message": REFUSALS[code]}
+        if code == "user_deleted":  # nothing to log: the user row is gone for good
+            log.warning("chat_refused_deleted_user", job_id=job.id, user_id=job.user_id)
+            return Outcome("error", streams.ERROR, error)
+        if code == "model_not_priced":
+            error["message"] = f"Model {job.model!r} has no price."
+        if code == "budget_exceeded":
+            metrics.BUDGET_REFUSALS.inc()
+        meta = {**self._metadata(Reply()), "error": error}
+        async with self.rt.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute(REFUSED_LOG, {**params, "metadata": Jsonb(meta)})
+        return Outcome("error", streams.ERROR, error)
 
     async def _converse(self, reply: Reply, cancel: asyncio.Event) -> None:
         """Talk to the model until it is done, fails for good, or the chat is cancelled."""
@@ -538,14 +539,13 @@ class Chat:
         if after <= self.published_len:
             return
         fresh = piece[max(self.published_len - before, 0) :]
-        first = self.published_len == 0
-        await streams.publish(self.redis, self.job.id, streams.DELTA, {"content": fresh})
+        # The stream's first entry creates it: give it its time to live at once.
+        ttl = self.rt.settings.stream_ttl_seconds if self.published_len == 0 else None
+        await streams.publish(
+            self.redis, self.job.id, streams.DELTA, {"content": fresh}, ttl_seconds=ttl
+        )
         self.published += fresh
         self.published_len = after
-        if first:
-            await self.redis.expire(
-                streams.events_key(self.job.id), self.rt.settings.stream_ttl_seconds
-            )
 
     async def _finish(self, reply: Reply) -> Outcome:
         """Finalise the row and meter the call, in one statement."""

@@ -110,10 +110,25 @@ def _encode(event: str, data: dict[str, Any]) -> dict[str, str]:
 
 
 async def publish(
-    redis: aioredis.Redis, job_id: str, event: EventName, data: dict[str, Any]
+    redis: aioredis.Redis,
+    job_id: str,
+    event: EventName,
+    data: dict[str, Any],
+    *,
+    ttl_seconds: int | None = None,
 ) -> str:
-    """Append one event to the chat's stream and return its entry id."""
-    entry_id = await redis.xadd(events_key(job_id), _encode(event, data))  # type: ignore[arg-type]
+    """Append one event to the chat's stream and return its entry id.
+
+    With `ttl_seconds`, (re)start the stream's time to live in the same round trip.
+    """
+    key = events_key(job_id)
+    if ttl_seconds is None:
+        entry_id = await redis.xadd(key, _encode(event, data))  # type: ignore[arg-type]
+        return _text(entry_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(key, _encode(event, data))  # type: ignore[arg-type]
+        pipe.expire(key, ttl_seconds)
+        entry_id, _ = await pipe.execute()
     return _text(entry_id)
 
 
@@ -156,10 +171,27 @@ async def read_events(
     return [_event(entry_id, fields) for _key, entries in reply for entry_id, fields in entries]
 
 
-async def read_all(redis: aioredis.Redis, job_id: str) -> list[StreamEvent]:
-    """Every event the chat's stream holds, oldest first."""
-    entries: Any = await redis.xrange(events_key(job_id))
-    return [_event(entry_id, fields) for entry_id, fields in entries]
+@dataclass(frozen=True)
+class Taken:
+    """A job a worker has taken: its stream so far, and whether it was cancelled."""
+
+    events: list[StreamEvent]
+    cancelled: bool
+
+
+async def take(
+    redis: aioredis.Redis, job_id: str, lease: str, token: str, lease_ms: int
+) -> Taken | None:
+    """Take the job's lease; None when another worker holds it. One round trip: the
+    lease, the events a previous run published, and the cancel flag."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(lease, token, nx=True, px=lease_ms)
+        pipe.xrange(events_key(job_id))
+        pipe.exists(cancel_key(job_id))
+        leased, entries, cancelled = await pipe.execute()
+    if not leased:
+        return None
+    return Taken([_event(entry_id, fields) for entry_id, fields in entries], bool(cancelled))
 
 
 async def write_job_record(
