@@ -9,6 +9,7 @@ Event names and payloads are in docs/chat-contract.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -66,10 +67,17 @@ async def stream_chat(request: Request) -> Response:
     user_id = require_user(caller(request, allow_cookie=True))
     job_id = chat_id(request)
     after = resume_point(request)
-    async with database(state) as conn:
-        await ensure_active(conn, user_id)
-    with redis_errors():
-        record = await streams.read_job_record(state.redis, job_id)
+
+    async def active() -> None:
+        async with database(state) as conn:
+            await ensure_active(conn, user_id)
+
+    async def job_record() -> streams.JobRecord | None:
+        with redis_errors():
+            return await streams.read_job_record(state.redis, job_id)
+
+    # Postgres and Redis at once: the stream's first event waits for neither twice.
+    _, record = await asyncio.gather(active(), job_record())
     if record is None:
         # The Redis stream expired (or never was): replay the finished exchange from Postgres.
         exchange = await find_exchange(state, user_id, job_id)

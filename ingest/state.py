@@ -36,7 +36,9 @@ class IngestState:
             settings=settings,
             broker=broker,
             redis=redis,
-            pool=make_pool(settings.database_url, name="ingest"),
+            # Ingest reads one statement at a time; its one write (a profile) is a
+            # transaction of its own (workers/profiles.py).
+            pool=make_pool(settings.database_url, name="ingest", autocommit=True),
             enqueuer=Enqueuer(broker, redis),
         )
 

@@ -30,8 +30,14 @@ CONNECTION_KWARGS: dict[str, Any] = {
 }
 
 
-def make_pool(url: str, *, name: str = "aiwrap") -> AsyncConnectionPool[Any]:
-    """Build this process's pool, unopened: open it after the process forks."""
+def make_pool(
+    url: str, *, name: str = "aiwrap", autocommit: bool = False
+) -> AsyncConnectionPool[Any]:
+    """Build this process's pool, unopened: open it after the process forks.
+
+    With `autocommit`, a lone statement is one round trip, not three (BEGIN, it,
+    COMMIT); work of several statements then needs an explicit `conn.transaction()`.
+    """
     return AsyncConnectionPool(
         url,
         min_size=1,
@@ -40,7 +46,7 @@ def make_pool(url: str, *, name: str = "aiwrap") -> AsyncConnectionPool[Any]:
         timeout=POOL_TIMEOUT,
         open=False,
         name=name,
-        kwargs={**CONNECTION_KWARGS, "row_factory": dict_row},
+        kwargs={**CONNECTION_KWARGS, "row_factory": dict_row, "autocommit": autocommit},
     )
 
 
