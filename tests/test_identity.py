@@ -8,6 +8,7 @@ the real broker and worker, and raced against a port of the TypeScript seed's
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import uuid
@@ -506,27 +507,25 @@ def test_events_sent_to_the_actor_are_applied_by_the_worker(
 
 
 def test_a_schema_invalid_event_is_dead_lettered_with_a_log_line_saying_why(
-    broker: WakingRedisBroker, worker: dramatiq.Worker, user_id: str
+    broker: WakingRedisBroker,
+    worker: dramatiq.Worker,
+    user_id: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    configure_logging("json", "INFO")  # routes structlog through stdlib logging
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("workers.identity").addHandler(handler)
-    try:
-        actor = broker.get_actor(identity.ACTOR_NAME)
-        bad = {"type": "user.updated", "data": {"id": user_id, "updated_at": "yesterday"}}
-        message = actor.send(svix_id(), bad)
-        broker.join(IDENTITY_QUEUE, timeout=10_000)
-        worker.join()
-    finally:
-        logging.getLogger("workers.identity").removeHandler(handler)
+    configure_logging("json", "INFO")
+    actor = broker.get_actor(identity.ACTOR_NAME)
+    bad = {"type": "user.updated", "data": {"id": user_id, "updated_at": "yesterday"}}
+    message = actor.send(svix_id(), bad)
+    broker.join(IDENTITY_QUEUE, timeout=10_000)
+    worker.join()
     dead = broker.client.zrange(f"{broker.namespace}:{IDENTITY_QUEUE}.XQ", 0, -1)
     # The Redis broker keys messages by an id of its own.
     assert message.options["redis_message_id"].encode() in dead
-    lines = [r.msg for r in records if isinstance(r.msg, dict)]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]
     assert any(
-        line.get("event") == "clerk_event_dead_lettered" and "updated_at" in line["reason"]
+        line.get("event") == "clerk_event_dead_lettered"
+        and line.get("logger") == "workers.identity"
+        and "updated_at" in line["reason"]
         for line in lines
     ), lines
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -250,29 +249,22 @@ def test_a_body_over_one_mebibyte_is_a_413(http: httpx.Client, settings: Setting
 
 
 def test_without_a_secret_the_webhook_is_a_500_with_a_log_line_saying_so(
-    settings: Settings,
+    settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    configure_logging("json", "INFO")  # routes structlog through stdlib logging
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("ingest.webhooks")
-    logger.addHandler(handler)
-    try:
-        with ServerThread(create_app(with_settings(settings, clerk_webhook_secret=""))) as server:
-            body = json.dumps(user_event("user.created", Version("user_x", T0)))
-            response = httpx.post(
-                f"{server.url}/webhooks/clerk",
-                content=body,
-                headers=signed(settings.clerk_webhook_secret, body),
-                timeout=10,
-            )
-    finally:
-        logger.removeHandler(handler)
+    configure_logging("json", "INFO")
+    with ServerThread(create_app(with_settings(settings, clerk_webhook_secret=""))) as server:
+        body = json.dumps(user_event("user.created", Version("user_x", T0)))
+        response = httpx.post(
+            f"{server.url}/webhooks/clerk",
+            content=body,
+            headers=signed(settings.clerk_webhook_secret, body),
+            timeout=10,
+        )
     assert_error(response, 500, "webhook_secret_missing")
-    lines = [r.msg for r in records if isinstance(r.msg, dict)]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]
     assert any(
         line.get("event") == "clerk_webhook_secret_missing"
+        and line.get("logger") == "ingest.webhooks"
         and "CLERK_WEBHOOK_SECRET" in line["detail"]
         for line in lines
     ), lines

@@ -7,12 +7,15 @@ Secrets never reach the output: a processor redacts them by key and by shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 #: Keys whose values are never written, at any depth.
@@ -50,10 +53,18 @@ SECRET_SHAPES = re.compile(
 REDACTED = "[redacted]"
 
 
+#: Every shape above contains one of these; a string without any is left as it is
+#: without running the (much slower) expression over it.
+_SHAPE_MARKERS = ("whsec_", "v1,", "sk-", "aiw_", "eyJ", "://")
+
+
 def redact(value: Any) -> Any:
     """Return `value` with every secret in it replaced by a marker."""
     if isinstance(value, str):
-        return SECRET_SHAPES.sub(REDACTED, value)
+        for marker in _SHAPE_MARKERS:
+            if marker in value:
+                return SECRET_SHAPES.sub(REDACTED, value)
+        return value
     if isinstance(value, dict):
         return {
             k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()
@@ -66,13 +77,58 @@ def redact(value: Any) -> Any:
 def _redact_event(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    for key, value in list(event_dict.items()):
-        event_dict[key] = REDACTED if key.lower() in SECRET_KEYS else redact(value)
+    for key, value in event_dict.items():
+        if key.lower() in SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif not isinstance(value, int | float | bool | None):
+            event_dict[key] = redact(value)
     return event_dict
+
+
+def _fallback(value: Any) -> Any:
+    return repr(value)
+
+
+def _json_line(event_dict: Any) -> bytes:
+    try:
+        line: bytes = orjson.dumps(event_dict, default=_fallback, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # e.g. an integer past 64 bits, which orjson refuses
+        line = json.dumps(event_dict, default=_fallback).encode()
+    return line
+
+
+def _render_json(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> str:
+    return _json_line(event_dict).decode()
+
+
+#: One lock for every line written, ours and the libraries', so none interleave.
+_WRITE_LOCK = threading.RLock()
+
+
+class _StderrLogger:
+    """Writes each rendered line whole to whatever sys.stderr is now."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # what add_logger_name reads
+
+    def msg(self, line: str) -> None:
+        with _WRITE_LOCK:
+            stream = sys.stderr
+            stream.write(line + "\n")
+            stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_logger(name: str = "aiwrap", *_args: Any) -> _StderrLogger:
+    return _StderrLogger(name)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is now, so a redirected stderr is honoured."""
+
+    def createLock(self) -> None:
+        self.lock = _WRITE_LOCK
 
     @property
     def stream(self) -> Any:
@@ -87,38 +143,50 @@ _configured: tuple[str, str] | None = None
 
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
-    """Send structlog and stdlib logging (Dramatiq, uvicorn, psycopg) through one renderer."""
+    """Render aiwrap's lines and stdlib logging's (Dramatiq, uvicorn, psycopg) alike.
+
+    aiwrap's own lines go straight from structlog to stderr: ingest writes one per
+    request, and stdlib logging (a LogRecord, a caller lookup, a formatter) would
+    cost more than the request itself. Libraries log through stdlib logging, whose
+    handler runs the same processors and renderer, so every line has one shape.
+    """
     global _configured
     if _configured == (log_format, level):
         return
     _configured = (log_format, level)
 
-    shared: list[structlog.types.Processor] = [
+    before: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         _redact_event,
+        structlog.stdlib.add_logger_name,
+    ]
+    after: list[structlog.types.Processor] = [
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if log_format == "console"
-        else structlog.processors.JSONRenderer()
+        else _render_json
     )
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            *before,
+            structlog.processors.add_log_level,
+            *after,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=_stderr_logger,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[
+            structlog.stdlib.ExtraAdder(),
+            *before,
+            structlog.stdlib.add_log_level,
+            *after,
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = _StderrHandler()
@@ -137,7 +205,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """Return aiwrap's logger for a module."""
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """Return aiwrap's logger for a module; its lines carry `name` as `logger`."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
