@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -31,6 +32,7 @@ log = get_logger(__name__)
 #: `Route(max_body_size=...)` answers its 413 in plain text, not aiwrap's JSON.)
 MAX_BODY_BYTES = 1_048_576
 SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+_WANTED_HEADERS = {name.encode(): name for name in (*SVIX_HEADERS, "content-length")}
 
 
 class BadWebhook(ApiError):
@@ -88,27 +90,45 @@ def _verification_failure(reason: str) -> tuple[str, str]:
     return "malformed_svix_headers", "The svix-timestamp header is not a Unix time."
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, or a 413 as soon as it is known to exceed `limit` bytes."""
-    too_large = ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
-    declared = request.headers.get("content-length", "")
+def webhook_headers(request: Request) -> dict[str, str]:
+    """The Svix headers and content-length, "" when missing: one pass over the raw headers."""
+    headers = dict.fromkeys(_WANTED_HEADERS.values(), "")
+    # Reversed, so that a repeated header's first value wins, as with Headers.get().
+    for key, value in reversed(request.scope["headers"]):
+        name = _WANTED_HEADERS.get(key)
+        if name:
+            headers[name] = value.decode("latin-1")
+    return headers
+
+
+async def read_body(request: Request, declared: str, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or a 413 as soon as it is known to exceed `limit` bytes.
+
+    `declared` is the content-length header, which may be absent or wrong.
+    """
     if declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
 
 
 def parse_event(text: str) -> dict[str, Any]:
     """The body as a Clerk event envelope, or BadWebhook."""
     try:
-        event = json.loads(text)
-    except json.JSONDecodeError:
+        # Strict JSON (no NaN, no lone surrogates, nesting bounded), so that what
+        # is queued always encodes back to JSON the worker reads.
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
         raise BadWebhook("invalid_json", "The body is not JSON.") from None
     if not (
         isinstance(event, dict)
@@ -134,8 +154,8 @@ async def receive_clerk_webhook(request: Request) -> JSONResponse:
         raise ApiError(
             500, "webhook_secret_missing", "This server has no webhook secret configured."
         )
-    headers = {name: request.headers.get(name, "") for name in SVIX_HEADERS}
-    body = await read_body(request)
+    headers = webhook_headers(request)
+    body = await read_body(request, headers["content-length"])
     try:
         text = verify(secret, body, headers)
     except BadWebhook as error:
