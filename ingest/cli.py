@@ -31,6 +31,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_config=None,  # ours, configured above, renders uvicorn's lines too
+        access_log=False,  # the app logs one line per request itself
         timeout_graceful_shutdown=args.grace,
         proxy_headers=True,
         server_header=False,
