@@ -7,13 +7,15 @@ create, update or delete the user. Updates are guarded by Clerk's
 leaves a tombstone, so no event older than the delete brings the user back.
 The result is the same whatever order, duplication or concurrency the
 deliveries come in. For throughput, a worker process applies the events that
-arrive together as one group: one transaction, one round trip, one statement
-per kind of event (see GroupApplier).
+arrive together as one group: one transaction, one round trip, one call of
+the `aiwrap_apply_clerk_events` function that schema.sql defines (see
+GroupApplier).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from typing import Any, TypeGuard
 
 import dramatiq
 import psycopg
-from psycopg import AsyncClientCursor, AsyncConnection
+from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
 from . import metrics
@@ -61,81 +63,12 @@ LARGEST_MS = 253_402_300_799_999
 # snapshots once the lock is held, and see everything the last holder committed.
 LOCK_USER = "SELECT pg_advisory_xact_lock(hashtext(%(id)s))"
 
-# The same for every user of a group, in key order: two transactions that
-# lock some of the same users then never wait on each other in a cycle.
-LOCK_USERS = """
-SELECT pg_advisory_xact_lock(key)
-FROM (SELECT DISTINCT hashtext(id) AS key FROM unnest(%(ids)s::text[]) AS id ORDER BY key) AS keys
-"""
-
-# Each statement below applies a set of events, at most one per user, in one
-# go (a group costs one plan, not one per event). The delivery is recorded
-# first; only new deliveries act, so a redelivery does nothing (the guards
-# would make it a no-op anyway). One row comes back per event, in order.
-UPSERT_USERS = """
-WITH input AS (
-    SELECT * FROM unnest(
-        %(svix_ids)s::text[], %(ids)s::text[], %(emails)s::text[], %(first_names)s::text[],
-        %(last_names)s::text[], %(image_urls)s::text[], %(updated_ats)s::timestamptz[],
-        %(display_names)s::text[]
-    ) WITH ORDINALITY
-    AS t(svix_id, id, email, first_name, last_name, image_url, updated_at, display_name, n)
-), delivery AS (
-    INSERT INTO clerk_deliveries (svix_id) SELECT svix_id FROM input
-    ON CONFLICT (svix_id) DO NOTHING
-    RETURNING svix_id
-), upserted AS (
-    INSERT INTO "user" (id, email, first_name, last_name, image_url, updated_at)
-    SELECT i.id, i.email, i.first_name, i.last_name, i.image_url, i.updated_at
-    FROM input AS i JOIN delivery USING (svix_id)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM user_tombstones AS t
-        WHERE t.user_id = i.id AND t.deleted_at >= i.updated_at
-    )
-    ON CONFLICT (id) DO UPDATE SET
-        email = EXCLUDED.email,
-        first_name = EXCLUDED.first_name,
-        last_name = EXCLUDED.last_name,
-        image_url = EXCLUDED.image_url,
-        updated_at = EXCLUDED.updated_at
-    WHERE "user".updated_at IS NULL OR "user".updated_at < EXCLUDED.updated_at
-    RETURNING id
-), profile AS (
-    INSERT INTO user_profiles (user_id, display_name, monthly_token_budget)
-    SELECT i.id, i.display_name, %(budget)s FROM input AS i JOIN upserted USING (id)
-    ON CONFLICT (user_id) DO NOTHING
-)
-SELECT delivery.svix_id IS NOT NULL, upserted.id IS NOT NULL
-FROM input
-LEFT JOIN delivery USING (svix_id)
-LEFT JOIN upserted USING (id)
-ORDER BY input.n
-"""
-
-DELETE_USERS = """
-WITH input AS (
-    SELECT * FROM unnest(%(svix_ids)s::text[], %(ids)s::text[], %(deleted_ats)s::timestamptz[])
-    WITH ORDINALITY AS t(svix_id, id, deleted_at, n)
-), delivery AS (
-    INSERT INTO clerk_deliveries (svix_id) SELECT svix_id FROM input
-    ON CONFLICT (svix_id) DO NOTHING
-    RETURNING svix_id
-), removed AS (
-    DELETE FROM "user" AS u
-    USING input AS i JOIN delivery USING (svix_id)
-    WHERE u.id = i.id
-    RETURNING u.id
-), tombstone AS (
-    INSERT INTO user_tombstones (user_id, deleted_at)
-    SELECT i.id, i.deleted_at FROM input AS i JOIN delivery USING (svix_id)
-    ON CONFLICT (user_id) DO UPDATE
-    SET deleted_at = GREATEST(user_tombstones.deleted_at, EXCLUDED.deleted_at)
-)
-SELECT delivery.svix_id IS NOT NULL, removed.id IS NOT NULL
-FROM input
-LEFT JOIN delivery USING (svix_id)
-LEFT JOIN removed USING (id)
-ORDER BY input.n
+# A group of events applies in one call of this function (schema.sql), which
+# takes the lock above for each user of the group, in key order, then applies
+# the events one by one. One round trip, one statement to plan; the function's
+# own statements are planned once per server backend.
+APPLY_EVENTS = """
+SELECT duplicate, changed FROM aiwrap_apply_clerk_events(%(events)s::jsonb, %(budget)s)
 """
 
 PROVISION_USER = """
@@ -255,60 +188,25 @@ def _primary_email(data: Mapping[str, Any]) -> str | None:
 Delivery = tuple[str, "UserChanged | UserDeleted"]
 
 
-def _rounds(deliveries: Sequence[Delivery]) -> list[list[int]]:
-    """Split deliveries (by index) into rounds holding each user and svix-id at most once."""
-    rounds: list[list[int]] = []
-    seen: list[set[str]] = []
-    for index, (svix_id, change) in enumerate(deliveries):
-        keys = {"u:" + change.user_id, "s:" + svix_id}
-        for members, taken in zip(rounds, seen, strict=True):
-            if not keys & taken:
-                members.append(index)
-                taken.update(keys)
-                break
-        else:
-            rounds.append([index])
-            seen.append(keys)
-    return rounds
-
-
-def _statements(
-    deliveries: Sequence[Delivery], indexes: list[int], default_budget: int
-) -> list[tuple[str, dict[str, Any], list[int]]]:
-    changed = [(i, c) for i in indexes if isinstance(c := deliveries[i][1], UserChanged)]
-    deleted = [(i, d) for i in indexes if isinstance(d := deliveries[i][1], UserDeleted)]
-    statements = []
-    if changed:
-        statements.append(
-            (
-                UPSERT_USERS,
-                {
-                    "svix_ids": [deliveries[i][0] for i, _ in changed],
-                    "ids": [c.user_id for _, c in changed],
-                    "emails": [c.email for _, c in changed],
-                    "first_names": [c.first_name for _, c in changed],
-                    "last_names": [c.last_name for _, c in changed],
-                    "image_urls": [c.image_url for _, c in changed],
-                    "updated_ats": [c.updated_at for _, c in changed],
-                    "display_names": [c.display_name for _, c in changed],
-                    "budget": default_budget,
-                },
-                [i for i, _ in changed],
-            )
-        )
-    if deleted:
-        statements.append(
-            (
-                DELETE_USERS,
-                {
-                    "svix_ids": [deliveries[i][0] for i, _ in deleted],
-                    "ids": [d.user_id for _, d in deleted],
-                    "deleted_ats": [d.deleted_at for _, d in deleted],
-                },
-                [i for i, _ in deleted],
-            )
-        )
-    return statements  # fmt: skip
+def _as_json(svix_id: str, change: UserChanged | UserDeleted) -> dict[str, Any]:
+    if isinstance(change, UserDeleted):
+        return {
+            "kind": "deleted",
+            "svix_id": svix_id,
+            "user_id": change.user_id,
+            "at": change.deleted_at.isoformat(),
+        }
+    return {
+        "kind": "changed",
+        "svix_id": svix_id,
+        "user_id": change.user_id,
+        "at": change.updated_at.isoformat(),
+        "email": change.email,
+        "first_name": change.first_name,
+        "last_name": change.last_name,
+        "image_url": change.image_url,
+        "display_name": change.display_name,
+    }
 
 
 async def apply_changes(
@@ -319,37 +217,25 @@ async def apply_changes(
     Returns one outcome per event, in order. Events for one user apply in the
     order given; the result does not depend on it.
     """
-    planned = [
-        statement
-        for indexes in _rounds(deliveries)
-        for statement in _statements(deliveries, indexes, default_budget)
-    ]
-    # One round trip for the lot: the statements are bound on this side and
-    # sent as one simple query, which Postgres runs as one implicit
-    # transaction, each statement with its own snapshot (so the ones after
-    # the lock see what the lock's last holder committed).
-    binder = AsyncClientCursor(conn)
-    script = ";\n".join([
-        binder.mogrify(LOCK_USERS, {"ids": [c.user_id for _, c in deliveries]}),
-        *(binder.mogrify(sql, params) for sql, params, _ in planned),
-    ])  # fmt: skip
-    outcomes: dict[int, Outcome] = {}
+    params = {
+        "events": json.dumps([_as_json(svix_id, change) for svix_id, change in deliveries]),
+        "budget": default_budget,
+    }
     autocommit = conn.autocommit
     if not autocommit:
-        # Else psycopg opens a transaction of its own first: one more round trip.
+        # One statement is one implicit transaction; else psycopg would open
+        # one of its own first, and commit it after: two more round trips.
         await conn.set_autocommit(True)
     try:
         async with conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(script.encode())
-            for _, _, indexes in planned:
-                assert cursor.nextset(), "a statement of the group returned nothing"
-                rows = await cursor.fetchall()
-                for index, (fresh, changed) in zip(indexes, rows, strict=True):
-                    outcomes[index] = Outcome(duplicate=not fresh, changed=changed)
+            await cursor.execute(APPLY_EVENTS, params)
+            rows = await cursor.fetchall()
     finally:
         if not autocommit:
             await conn.set_autocommit(False)
-    return [outcomes[i] for i in range(len(deliveries))]
+    if len(rows) != len(deliveries):
+        raise RuntimeError(f"applying {len(deliveries)} events returned {len(rows)} outcomes")
+    return [Outcome(duplicate=duplicate, changed=changed) for duplicate, changed in rows]
 
 
 async def apply_change(
@@ -405,12 +291,15 @@ class GroupApplier:
 
     async def _drain(self) -> None:
         try:
+            # Events that arrive during any await here wait in `pending`, so
+            # the loop ends only once no await has come between its check of
+            # `pending` and `draining` going back to None: none is left behind.
             while self.pending:
+                if time.monotonic() >= self.next_prune:
+                    self.next_prune = time.monotonic() + PRUNE_EVERY_S
+                    await self._prune()
                 batch, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
                 await self._apply_group(batch)
-            if time.monotonic() >= self.next_prune:
-                self.next_prune = time.monotonic() + PRUNE_EVERY_S
-                await self._prune()
         finally:
             self.draining = None
 
@@ -492,7 +381,10 @@ async def is_tombstoned(conn: AsyncConnection[Any], user_id: str) -> bool:
 
 def should_retry(retries: int, error: BaseException) -> bool:
     """Transient failures retry until they succeed; anything else a few times only."""
-    return is_transient(error) or retries < MAX_UNEXPECTED_RETRIES
+    # A worker deployed before `aiwrap migrate` has run finds no function to
+    # call: that passes once the schema is applied, so keep the events.
+    schema_behind = isinstance(error, psycopg.errors.UndefinedFunction)
+    return is_transient(error) or schema_behind or retries < MAX_UNEXPECTED_RETRIES
 
 
 def declare(broker: Any, runtime: Runtime) -> None:

@@ -10,7 +10,16 @@ import psycopg
 from .db import connect
 from .errors import SchemaError
 
-#: Objects in the public schema, as `kind name` strings, for the before/after diff.
+#: Functions in the public schema, by signature, with a digest of their definition:
+#: `CREATE OR REPLACE` changes a function without creating anything.
+FUNCTIONS = """
+SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+       md5(pg_get_functiondef(p.oid))
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'public' AND p.prokind = 'f'
+"""
+
+#: Other objects in the public schema, as `kind name` strings, for the before/after diff.
 CATALOG = """
 SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'public' AND c.relkind = 'r'
@@ -36,16 +45,22 @@ class MigrationReport:
     """What one application of the schema changed."""
 
     created: tuple[str, ...]
+    #: Functions that existed and now have another definition.
+    replaced: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.created)
+        return bool(self.created or self.replaced)
 
     def describe(self) -> str:
-        if not self.created:
+        if not self.changed:
             return "Schema is up to date: nothing to do."
-        lines = [f"Applied schema.sql: created {len(self.created)} objects."]
+        lines = [
+            f"Applied schema.sql: created {len(self.created)} objects"
+            + (f", replaced {len(self.replaced)} functions." if self.replaced else ".")
+        ]
         lines += [f"  + {item}" for item in self.created]
+        lines += [f"  ~ {item}" for item in self.replaced]
         return "\n".join(lines)
 
 
@@ -59,14 +74,22 @@ def schema_path() -> Path:
 
 
 def apply_schema(database_url: str) -> MigrationReport:
-    """Apply schema.sql in one transaction; report the objects it created."""
+    """Apply schema.sql in one transaction; report the objects it created or replaced."""
     sql = schema_path().read_text()
     try:
         with connect(database_url, autocommit=False) as conn, conn.transaction():
             conn.execute(MIGRATION_LOCK)
             before = {row[0] for row in conn.execute(CATALOG)}
+            functions_before = dict(conn.execute(FUNCTIONS).fetchall())
             conn.execute(sql.encode())
             after = {row[0] for row in conn.execute(CATALOG)}
+            functions_after = dict(conn.execute(FUNCTIONS).fetchall())
     except psycopg.Error as error:
         raise SchemaError(f"Could not apply schema.sql: {error}") from error
-    return MigrationReport(created=tuple(sorted(after - before)))
+    created = (after - before) | (functions_after.keys() - functions_before.keys())
+    replaced = [
+        name
+        for name, digest in functions_after.items()
+        if functions_before.get(name, digest) != digest
+    ]
+    return MigrationReport(created=tuple(sorted(created)), replaced=tuple(sorted(replaced)))
