@@ -158,9 +158,19 @@ def worker_pid(supervisor: int) -> int:
 
 
 async def capacity(
-    client: httpx.AsyncClient, redis_url: str, pid: int, count: int, user_id: str, delay_ms: int
+    client: httpx.AsyncClient,
+    model_url: str,
+    redis_url: str,
+    pid: int,
+    count: int,
+    user_id: str,
+    delay_ms: int,
 ) -> dict[str, float]:
-    """Start `count` long chats at once; report peak concurrent streams and RSS."""
+    """Start `count` long chats at once; report peak concurrent streams and RSS.
+
+    Concurrent streams are counted where they are held open: at the model server,
+    which only this worker process calls.
+    """
     import redis.asyncio as aioredis
 
     from workers import streams
@@ -188,7 +198,7 @@ async def capacity(
     rss_idle = rss_mb(pid)
     ids = await asyncio.gather(*(gated(i) for i in range(count)))
     redis = aioredis.Redis.from_url(redis_url)
-    peak_running = peak_rss = 0.0
+    peak_running = peak_open = peak_rss = 0.0
     statuses: list[Any] = []
     deadline = time.monotonic() + 180
     try:
@@ -199,6 +209,8 @@ async def capacity(
                 statuses = await pipe.execute()
             running = sum(1 for s in statuses if s == b"running")
             peak_running = max(peak_running, running)
+            upstream = (await client.get(f"{model_url}/_stats")).json()["streams"]["open"]
+            peak_open = max(peak_open, upstream)
             peak_rss = max(peak_rss, rss_mb(pid))
             if all(s in (b"ok", b"error", b"filtered") for s in statuses):
                 break
@@ -208,7 +220,8 @@ async def capacity(
     ok = sum(1 for s in statuses if s == b"ok")
     return {
         "chats": count,
-        "peak_concurrent_streams": peak_running,
+        "peak_concurrent_upstream_streams": peak_open,
+        "peak_chats_running": peak_running,
         "finished_ok": ok,
         "rss_idle_mb": round(rss_idle, 1),
         "rss_peak_mb": round(peak_rss, 1),
@@ -265,7 +278,13 @@ async def run(
             {
                 "phase": "capacity",
                 **await capacity(
-                    client, redis_url, pid, args.streams, "user_bench_capacity", args.delay_ms
+                    client,
+                    model_url,
+                    redis_url,
+                    pid,
+                    args.streams,
+                    "user_bench_capacity",
+                    args.delay_ms,
                 ),
             }
         )
@@ -289,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--delay-ms",
         type=int,
-        default=500,
+        default=1000,
         help="ms between the pieces of a capacity-phase reply (30 pieces)",
     )
     args = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`, `GET /healthz`, and
 `GET /_stats`, which reports what the server did so callers can check their own books:
-`{"totals": {"requests", "prompt_tokens", "completion_tokens", "failed"}, "recent": [...]}`,
+`{"totals": {"requests", "prompt_tokens", "completion_tokens", "failed"}, "streams": {"open",
+"peak"}, "recent": [...]}` (`streams`: streamed replies in progress, and the most at once),
 where `recent` holds the last 1000 completions, oldest first (streams the client abandons
 are left out), each
 `{"id", "model", "stream", "prompt_tokens", "completion_tokens", "ttft_ms", "finish_reason"}`
@@ -229,6 +230,8 @@ class ModelServer:
         self.fail_counts: dict[str, int] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=STATS_SIZE)
         self.totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "failed": 0}
+        #: Streamed replies in progress now, and the most there have been at once.
+        self.streams = {"open": 0, "peak": 0}
 
     def check_failures(self, chat: ChatRequest) -> None:
         """Raise the failure a request's directives ask for, if any."""
@@ -275,7 +278,16 @@ class ModelServer:
         return JSONResponse(body)
 
     async def stream(self, completion: Completion) -> AsyncIterator[bytes]:
-        """Yield the SSE events of one streamed completion."""
+        """Yield the SSE events of one streamed completion, counted as open until it ends."""
+        self.streams["open"] += 1
+        self.streams["peak"] = max(self.streams["peak"], self.streams["open"])
+        try:
+            async for event in self._events(completion):
+                yield event
+        finally:
+            self.streams["open"] -= 1
+
+    async def _events(self, completion: Completion) -> AsyncIterator[bytes]:
         s, pieces = completion.chat.switches, completion.pieces
         head = completion.envelope("chat.completion.chunk")
         tail = {"usage": None} if completion.chat.include_usage else {}
@@ -314,7 +326,9 @@ class ModelServer:
         return JSONResponse({"status": "ok"})
 
     async def stats(self, _request: Request) -> Response:
-        return JSONResponse({"totals": self.totals, "recent": list(self.recent)})
+        return JSONResponse(
+            {"totals": self.totals, "streams": self.streams, "recent": list(self.recent)}
+        )
 
 
 def _not_a_stream_cut(record: logging.LogRecord) -> bool:

@@ -18,6 +18,8 @@ from openai.types.chat import ChatCompletionChunk
 
 from ingest.model_server import count_tokens, reply_text, running_model_server
 
+from .support import eventually
+
 TIMEOUT = 10.0
 
 
@@ -365,6 +367,34 @@ def test_a_malformed_request_is_a_400_in_openai_error_shape(base_url: str, body:
 def test_health_answers_ok(base_url: str) -> None:
     response = httpx2.get(base_url.removesuffix("/v1") + "/healthz", timeout=TIMEOUT)
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_stats_count_the_streams_open_now_and_the_most_at_once() -> None:
+    async def hold_then_close(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        async with openai.AsyncOpenAI(
+            base_url=url, api_key="test", max_retries=0, timeout=TIMEOUT
+        ) as client:
+            streams = [
+                await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=user(f"hold {i} [[delay_ms=5000 words=3]]"),
+                    stream=True,
+                )
+                for i in range(5)
+            ]
+            for stream in streams:  # the first chunk: every reply is under way
+                await anext(aiter(stream))
+            holding = stats(url)
+            for stream in streams:
+                await stream.close()
+        assert eventually(lambda: stats(url)["streams"]["open"] == 0, timeout=10)
+        return holding, stats(url)
+
+    with running_model_server() as url:  # a server of its own, so the counts are only ours
+        holding, after = asyncio.run(hold_then_close(url))
+
+    assert holding["streams"] == {"open": 5, "peak": 5}
+    assert after["streams"] == {"open": 0, "peak": 5}
 
 
 def test_stats_totals_match_what_concurrent_clients_were_told() -> None:
