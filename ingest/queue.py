@@ -78,12 +78,10 @@ def encode(message: Message[Any]) -> bytes:
         try:
             data: bytes = orjson.dumps(
                 message.asdict(),
-                option=orjson.OPT_NON_STR_KEYS
-                | orjson.OPT_PASSTHROUGH_DATETIME
-                | orjson.OPT_PASSTHROUGH_DATACLASS,
+                option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS,
             )
             return data
-        except TypeError:  # something orjson does not take: let the encoder say so
+        except TypeError:  # e.g. a non-str key or a datetime: the encoder knows what to do
             pass
     return message.encode()
 
@@ -160,10 +158,12 @@ class Enqueuer:
         the wake-up for idle consumers. Plain commands rather than one script
         call per message: four commands a queue, whatever the batch size.
         """
-        by_queue: dict[str, dict[str, bytes]] = {}
+        by_queue: dict[str, dict[str, memoryview]] = {}
         for message in messages:
+            # A memoryview is sent as it is; redis-py copies bytes values into
+            # its command buffer, and a batch of events is tens of kilobytes.
             by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = (
-                encode(message)
+                memoryview(encode(message))
             )
         namespace = self.broker.namespace
         tokens = WakingRedisBroker.MAX_WAKE_TOKENS

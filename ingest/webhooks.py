@@ -35,6 +35,15 @@ SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
 _WANTED_HEADERS = {name.encode(): name for name in (*SVIX_HEADERS, "content-length")}
 
 
+class _JSONResponse(JSONResponse):
+    """Starlette's JSONResponse, rendered by orjson: the same compact UTF-8 JSON without
+    building a json.JSONEncoder for every response, as json.dumps with options does."""
+
+    def render(self, content: Any) -> bytes:
+        rendered: bytes = orjson.dumps(content)
+        return rendered
+
+
 class BadWebhook(ApiError):
     """A webhook request that can never be accepted as sent: a 400."""
 
@@ -164,9 +173,9 @@ async def receive_clerk_webhook(request: Request) -> JSONResponse:
     event = parse_event(text)
     svix_id = headers["svix-id"]
     if event["type"] not in HANDLED_TYPES:
-        return JSONResponse({"status": "ignored", "type": event["type"]})
+        return _JSONResponse({"status": "ignored", "type": event["type"]})
     await state.enqueuer.send(IDENTITY_QUEUE, ACTOR_NAME, svix_id, event)
-    return JSONResponse({"status": "queued", "svix_id": svix_id})
+    return _JSONResponse({"status": "queued", "svix_id": svix_id})
 
 
 def sample_clerk_event(event_type: str, user_id: str, now_ms: int) -> dict[str, Any]:

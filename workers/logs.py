@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -80,9 +81,28 @@ def _redact_event(
     for key, value in event_dict.items():
         if key.lower() in SECRET_KEYS:
             event_dict[key] = REDACTED
-        elif not isinstance(value, int | float | bool | None):
+        elif isinstance(value, str | dict | list | tuple):
             event_dict[key] = redact(value)
     return event_dict
+
+
+class _UtcTimestamp:
+    """What TimeStamper(fmt="iso", utc=True) adds, with the date and time formatted
+    once a second rather than for every line."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[int, str] = (-1, "")
+
+    def __call__(
+        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        cached = self._cached  # one read: threads may replace it meanwhile
+        if cached[0] != second:
+            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)))
+        event_dict["timestamp"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
 
 
 def _fallback(value: Any) -> Any:
@@ -162,7 +182,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         structlog.stdlib.add_logger_name,
     ]
     after: list[structlog.types.Processor] = [
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _UtcTimestamp(),
     ]
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
