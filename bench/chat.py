@@ -42,30 +42,67 @@ def auth(user_id: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}", "X-User-Id": user_id}
 
 
-async def first_token(
-    client: httpx.AsyncClient, user_id: str, content: str, read_all: bool = False
-) -> tuple[float, str]:
-    """Seconds from POST to the first delta on the SSE stream, and the chat's id."""
-    started = time.perf_counter()
-    reply = await client.post(
-        "/v1/chat",
-        headers=auth(user_id),
-        json={"messages": [{"role": "user", "content": content}], "model": "gpt-4o-mini"},
-    )
-    reply.raise_for_status()
-    body = reply.json()
-    first = None
-    async with client.stream("GET", body["stream_url"], headers=auth(user_id)) as stream:
-        async for line in stream.aiter_lines():
-            if first is None and line.startswith("event: delta"):
+async def request_head(
+    writer: asyncio.StreamWriter, method: str, path: str, user_id: str, body: bytes = b""
+) -> None:
+    head = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {HOST}",
+        f"Authorization: Bearer {API_KEY}",
+        f"X-User-Id: {user_id}",
+    ]
+    if body:
+        head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+
+async def read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """A reply with a Content-Length body: its status and body."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, await reader.readexactly(length)
+
+
+async def first_token(port: int, user_id: str, content: str, read_all: bool = False) -> float:
+    """Seconds from POST /v1/chat to the first `event: delta` of its SSE stream.
+
+    A lean HTTP/1.1 client on two connections opened before the clock starts, as
+    a client's keep-alive pool would hold them, so that the figure is aiwrap's
+    time and not an HTTP library's. With `read_all`, reads on to the stream's end.
+    """
+    post_conn = await asyncio.open_connection(HOST, port)
+    sse_conn = await asyncio.open_connection(HOST, port)
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": content}], "model": "gpt-4o-mini"}
+    ).encode()
+    try:
+        started = time.perf_counter()
+        await request_head(post_conn[1], "POST", "/v1/chat", user_id, body)
+        status, reply = await read_reply(post_conn[0])
+        if status != 202:
+            raise RuntimeError(f"POST /v1/chat answered {status}: {reply[:200]!r}")
+        chat = json.loads(reply)
+        reader, writer = sse_conn
+        await request_head(writer, "GET", chat["stream_url"], user_id)
+        first, seen = None, b""
+        while chunk := await reader.read(65536):
+            seen += chunk
+            if first is None and b"event: delta" in seen:
                 first = time.perf_counter() - started
                 if not read_all:
                     break
-            if line.startswith(("event: done", "event: error")):
+            if b"event: done" in seen or b"event: error" in seen:
                 break
-    if first is None:
-        raise RuntimeError(f"chat {body['id']} sent no text")
-    return first, body["id"]
+            seen = seen[-32:]  # enough to find a marker split across reads
+        if first is None:
+            raise RuntimeError(f"chat {chat['id']} sent no text")
+        return first
+    finally:
+        for _, conn_writer in (post_conn, sse_conn):
+            conn_writer.close()
 
 
 async def server_ttfts(client: httpx.AsyncClient, model_url: str) -> dict[int, float]:
@@ -80,6 +117,7 @@ async def server_ttfts(client: httpx.AsyncClient, model_url: str) -> dict[int, f
 
 async def probes(
     client: httpx.AsyncClient,
+    port: int,
     model_url: str,
     count: int,
     every: float,
@@ -90,7 +128,7 @@ async def probes(
 
     async def probe(i: int) -> tuple[int, float]:
         words = words_from + i
-        seen, _ = await first_token(client, user_id, f"{PROBE_PROMPT} [[words={words}]]")
+        seen = await first_token(port, user_id, f"{PROBE_PROMPT} [[words={words}]]")
         return PROBE_BASE_TOKENS + words, seen
 
     tasks = []
@@ -103,9 +141,7 @@ async def probes(
     return [seen - server[tokens] for tokens, seen in results]
 
 
-async def background(
-    client: httpx.AsyncClient, streams: int, stop: asyncio.Event, user_id: str
-) -> int:
+async def background(port: int, streams: int, stop: asyncio.Event, user_id: str) -> int:
     """Keep `streams` long chats running, each read to the end over SSE."""
     done = 0
 
@@ -113,7 +149,7 @@ async def background(
         nonlocal done
         while not stop.is_set():
             try:
-                await first_token(client, user_id, "load [[delay_ms=20 words=250]]", read_all=True)
+                await first_token(port, user_id, "load [[delay_ms=20 words=250]]", read_all=True)
             except RuntimeError:
                 continue  # ended without text (an error event): counted as not finished
             done += 1
@@ -123,17 +159,15 @@ async def background(
 
 
 def background_process(
-    ingest_url: str, streams: int, seconds: float, user_id: str, finished: Any
+    port: int, streams: int, seconds: float, user_id: str, finished: Any
 ) -> None:
     """The background load in a process of its own, so that reading its streams does
     not slow the probes' client down and inflate what they measure."""
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-        async with httpx.AsyncClient(base_url=ingest_url, timeout=120, limits=limits) as client:
-            stop = asyncio.Event()
-            asyncio.get_running_loop().call_later(seconds, stop.set)
-            finished.value = await background(client, streams, stop, user_id)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        finished.value = await background(port, streams, stop, user_id)
 
     asyncio.run(main())
 
@@ -244,11 +278,13 @@ async def run(
 ) -> list[dict[str, Any]]:
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
     async with httpx.AsyncClient(base_url=ingest_url, timeout=120, limits=limits) as client:
-        await first_token(client, "user_bench_warmup", f"{PROBE_PROMPT} [[words=1]]")
+        port = int(ingest_url.rsplit(":", 1)[1])
+        for _ in range(3):  # warm up every process on the path
+            await first_token(port, "user_bench_warmup", f"{PROBE_PROMPT} [[words=1]]")
         results = [
             summary(
                 "idle (1 chat/s)",
-                await probes(client, model_url, args.idle, 1.0, 10, "user_bench_idle"),
+                await probes(client, port, model_url, args.idle, 1.0, 10, "user_bench_idle"),
             )
         ]
 
@@ -257,12 +293,12 @@ async def run(
         settle_s, probing_s = 3.0, args.idle * 0.25 + 5
         load = context.Process(
             target=background_process,
-            args=(ingest_url, args.load, settle_s + probing_s, "user_bench_load", finished_chats),
+            args=(port, args.load, settle_s + probing_s, "user_bench_load", finished_chats),
         )
         load.start()
         await asyncio.sleep(settle_s)  # let the background reach its steady state
         added = await probes(
-            client, model_url, args.idle, 0.25, 10 + args.idle, "user_bench_loaded"
+            client, port, model_url, args.idle, 0.25, 10 + args.idle, "user_bench_loaded"
         )
         await asyncio.to_thread(load.join, 300)
         finished = finished_chats.value
