@@ -7,6 +7,7 @@ enqueued instead of polling Redis with a growing sleep (see WakingConsumer).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 
@@ -63,6 +65,57 @@ class WakingConsumer(_RedisConsumer):
         super().__init__(broker, queue_name, prefetch, 0)
         self.idle_timeout_s = max(timeout, 1) / 1000
         self.wake = wake_key(broker.namespace, queue_name)
+
+        # Acks waiting to be sent, and whether a thread is sending them (see ack).
+        self.ack_lock = threading.Lock()
+        self.pending_acks: list[str] = []
+        self.acking = False
+
+    def ack(self, message: MessageProxy) -> None:
+        """Acknowledge a processed message, sharing one Redis round trip with others.
+
+        Dramatiq sends one EVALSHA per ack from the worker thread that ran the
+        message. Here the first thread to ack sends, in one pipeline, every
+        ack that comes in meanwhile, and keeps going until none is left; the
+        others return at once. An ack is only ever sent late, never early: a
+        process that dies before sending it has its message redelivered, as
+        it would have had it died just before acking.
+        """
+        self.queued_message_ids.discard(message.message_id)
+        with self.ack_lock:
+            self.pending_acks.append(message.options["redis_message_id"])
+            if self.acking:
+                return
+            self.acking = True
+        self.send_pending_acks()
+
+    def send_pending_acks(self) -> None:
+        batch: list[str] = []
+        try:
+            while True:
+                with self.ack_lock:
+                    batch, self.pending_acks = self.pending_acks, []
+                    if not batch:
+                        self.acking = False
+                        return
+                self.broker.ack_many(self.queue_name, batch)
+        except BaseException as error:
+            with self.ack_lock:
+                # Kept for the retry Dramatiq makes of a failed ack.
+                self.pending_acks[:0] = batch
+                self.acking = False
+            if isinstance(error, redis.ConnectionError):
+                raise ConnectionClosed(error) from None
+            raise
+
+    def close(self) -> None:
+        with self.ack_lock:
+            leftover = bool(self.pending_acks) and not self.acking
+            if leftover:
+                self.acking = True
+        if leftover:
+            self.send_pending_acks()
+        super().close()
 
     def __next__(self) -> Any:
         busy = self.outstanding_message_count >= self.prefetch
@@ -119,6 +172,28 @@ class WakingRedisBroker(RedisBroker):
             )
 
         return do_dispatch
+
+    def ack_many(self, queue_name: str, message_ids: list[str]) -> None:
+        """Ack these messages in one round trip: Dramatiq's ack command for each, pipelined."""
+        dispatch = self.scripts["dispatch"]
+        with self.client.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                dispatch(
+                    args=[
+                        "ack",
+                        current_millis(),
+                        queue_name,
+                        self.broker_id,
+                        self.heartbeat_timeout,
+                        self.dead_message_ttl,
+                        0,
+                        self._max_unpack_size(),
+                        message_id,
+                    ],
+                    keys=[self.namespace],
+                    client=pipe,
+                )
+            pipe.execute()
 
     def _maintenance_due(self, command: str, queue_name: str) -> int:
         # Only fetches carry it: every idle consumer fetches at least once a
