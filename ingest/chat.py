@@ -11,11 +11,9 @@ docs/chat-contract.md; its stream is ingest/sse.py, the history ingest/history.p
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Final
 
-import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -26,7 +24,6 @@ from workers.chat import ACTOR_NAME, InvalidChatJob, new_job
 
 from .auth import ensure_active, require_user, user_deleted
 from .errors import ApiError
-from .queue import QueueUnavailable
 from .requests import (
     InvalidInput,
     NotFound,
@@ -132,24 +129,17 @@ async def create_chat(request: Request) -> Response:
         )
     except InvalidChatJob as error:  # the worker's own checks; ours above should catch first
         raise ApiError(400, "invalid_request", str(error)) from None
-    job_id, requested_at = job["id"], job["requested_at"]
-    with redis_errors():
-        # Written first: the worker, and this route's GETs, rely on it being there.
-        await streams.write_job_record(
-            state.redis,
-            job_id,
-            user_id=user_id,
-            model=model,
-            requested_at=requested_at,
-            ttl_seconds=state.settings.stream_ttl_seconds,
-        )
-    try:
-        await state.enqueuer.send(CHAT_QUEUE, ACTOR_NAME, job)
-    except QueueUnavailable:
-        # Nothing was accepted, so no record should say "queued"; Redis may be gone anyway.
-        with contextlib.suppress(redis.exceptions.RedisError):
-            await state.redis.delete(streams.job_key(job_id))
-        raise
+    job_id = job["id"]
+    # The job's record goes in with the message: the worker and this route's GETs
+    # rely on it being there.
+    record = streams.job_record_commands(
+        job_id,
+        user_id=user_id,
+        model=model,
+        requested_at=job["requested_at"],
+        ttl_seconds=state.settings.stream_ttl_seconds,
+    )
+    await state.enqueuer.send(CHAT_QUEUE, ACTOR_NAME, job, also=record)
     url = f"/v1/chat/{job_id}"
     return JSONResponse(
         {"id": job_id, "status": streams.QUEUED, "url": url, "stream_url": f"{url}/stream"},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
@@ -45,7 +46,9 @@ class QueueUnavailable(ApiError):
         )
 
 
-Pending = tuple[Message[Any], asyncio.Future[None]]
+#: A Redis command as its words, e.g. ("EXPIRE", key, 60).
+Command = tuple[str | bytes | int, ...]
+Pending = tuple[Message[Any], Sequence[Command], asyncio.Future[None]]
 
 
 def _hooks_enqueue(broker: WakingRedisBroker) -> bool:
@@ -99,8 +102,14 @@ class Enqueuer:
         self.emits = _hooks_enqueue(broker)
         self.new_id = MessageIds()
 
-    async def send(self, queue_name: str, actor_name: str, *args: Any) -> Message[Any]:
-        """Return once the message is on its queue; raise QueueUnavailable if Redis fails."""
+    async def send(
+        self, queue_name: str, actor_name: str, *args: Any, also: Sequence[Command] = ()
+    ) -> Message[Any]:
+        """Return once the message is on its queue; raise QueueUnavailable if Redis fails.
+
+        The commands `also` are written in the same transaction, just before the
+        message: what the job's consumers need to find is there when they run.
+        """
         message: Message[Any] = Message(
             queue_name=queue_name,
             actor_name=actor_name,
@@ -111,7 +120,7 @@ class Enqueuer:
             message_id=self.new_id(),
         )
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((message, sent))
+        self.pending.append((message, also, sent))
         if self.sending is None:
             self.sending = asyncio.create_task(self._drain())
         await sent
@@ -128,9 +137,9 @@ class Enqueuer:
     async def _send(self, batch: list[Pending]) -> None:
         try:
             if self.emits:
-                for message, _ in batch:
+                for message, _, _ in batch:
                     self.broker.emit_before("enqueue", message, None)
-            await self._write([message for message, _ in batch])
+            await self._write(batch)
         except (RedisConnectionError, RedisTimeoutError) as error:
             log.warning("enqueue_failed", error=type(error).__name__, messages=len(batch))
             self._fail(batch, QueueUnavailable())
@@ -138,7 +147,7 @@ class Enqueuer:
         except Exception as error:
             self._fail(batch, error)
             return
-        for message, sent in batch:
+        for message, _, sent in batch:
             if self.emits:
                 self.broker.emit_after("enqueue", message, None)
             if not sent.done():
@@ -146,11 +155,11 @@ class Enqueuer:
 
     @staticmethod
     def _fail(batch: list[Pending], error: Exception) -> None:
-        for _, sent in batch:
+        for _, _, sent in batch:
             if not sent.done():
                 sent.set_exception(error)
 
-    async def _write(self, messages: list[Message[Any]]) -> None:
+    async def _write(self, batch: list[Pending]) -> None:
         """Write what dispatch.lua's "enqueue" writes, for every message, in one transaction.
 
         Per queue that is the message data in the `.msgs` hash under its
@@ -159,7 +168,7 @@ class Enqueuer:
         call per message: four commands a queue, whatever the batch size.
         """
         by_queue: dict[str, dict[str, memoryview]] = {}
-        for message in messages:
+        for message, _, _ in batch:
             # A memoryview is sent as it is; redis-py copies bytes values into
             # its command buffer, and a batch of events is tens of kilobytes.
             by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = (
@@ -168,6 +177,9 @@ class Enqueuer:
         namespace = self.broker.namespace
         tokens = WakingRedisBroker.MAX_WAKE_TOKENS
         async with self.redis.pipeline(transaction=True) as pipe:
+            for _, also, _ in batch:
+                for command in also:
+                    pipe.execute_command(*command)
             for queue_name, data in by_queue.items():
                 queue_key = f"{namespace}:{queue_name}"
                 pipe.hset(f"{queue_key}.msgs", mapping=data)  # type: ignore[arg-type]

@@ -343,7 +343,7 @@ def test_when_the_queue_refuses_the_job_no_record_says_queued(
     user_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def refuse(*_args: Any) -> None:
+    async def refuse(*_args: Any, **_kwargs: Any) -> None:
         raise QueueUnavailable()
 
     monkeypatch.setattr(Enqueuer, "send", refuse)
@@ -415,7 +415,7 @@ def test_redis_down_is_503_for_chat_and_stream(
         private_redis.stop()
         headers = as_user(settings, user_id)
         response = httpx.post(f"{server.url}/v1/chat", json={"prompt": "hi"}, headers=headers)
-        assert_error(response, 503, "redis_unavailable")
+        assert_error(response, 503, "queue_unavailable")
         assert response.headers["retry-after"] == "1"
         stream = httpx.get(f"{server.url}/v1/chat/{uuid.uuid4()}/stream", headers=headers)
         assert_error(stream, 503, "redis_unavailable")

@@ -194,6 +194,21 @@ async def take(
     return Taken([_event(entry_id, fields) for entry_id, fields in entries], bool(cancelled))
 
 
+def job_record_commands(
+    job_id: str,
+    *,
+    user_id: str,
+    model: str,
+    requested_at: str,
+    ttl_seconds: int,
+    status: str = QUEUED,
+) -> list[tuple[str, ...]]:
+    """The Redis commands that write the job hash, for a caller's own transaction."""
+    key = job_key(job_id)
+    fields = ("user_id", user_id, "model", model, "status", status, "requested_at", requested_at)
+    return [("HSET", key, *fields), ("EXPIRE", key, str(ttl_seconds))]
+
+
 async def write_job_record(
     redis: aioredis.Redis,
     job_id: str,
@@ -204,19 +219,18 @@ async def write_job_record(
     ttl_seconds: int,
     status: str = QUEUED,
 ) -> None:
-    """Write the job hash before the job is enqueued (ingest) or when it starts."""
-    key = job_key(job_id)
+    """Write the job hash when the job is queued (ingest, with the enqueue) or starts."""
+    commands = job_record_commands(
+        job_id,
+        user_id=user_id,
+        model=model,
+        requested_at=requested_at,
+        ttl_seconds=ttl_seconds,
+        status=status,
+    )
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            key,
-            mapping={
-                "user_id": user_id,
-                "model": model,
-                "status": status,
-                "requested_at": requested_at,
-            },
-        )
-        pipe.expire(key, ttl_seconds)
+        for command in commands:
+            pipe.execute_command(*command)
         await pipe.execute()
 
 
