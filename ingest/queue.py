@@ -167,12 +167,10 @@ class Enqueuer:
         the wake-up for idle consumers. Plain commands rather than one script
         call per message: four commands a queue, whatever the batch size.
         """
-        by_queue: dict[str, dict[str, memoryview]] = {}
+        by_queue: dict[str, dict[str, bytes]] = {}
         for message, _, _ in batch:
-            # A memoryview is sent as it is; redis-py copies bytes values into
-            # its command buffer, and a batch of events is tens of kilobytes.
             by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = (
-                memoryview(encode(message))
+                encode(message)
             )
         namespace = self.broker.namespace
         tokens = WakingRedisBroker.MAX_WAKE_TOKENS
