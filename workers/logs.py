@@ -59,6 +59,11 @@ REDACTED = "[redacted]"
 _SHAPE_MARKERS = ("whsec_", "v1,", "sk-", "aiw_", "eyJ", "://")
 
 
+# Tuples, not `X | Y`: a union written in a function is built anew at every call.
+_SEQUENCES = (list, tuple)
+_MAY_HOLD_SECRETS = (str, dict, list, tuple)
+
+
 def redact(value: Any) -> Any:
     """Return `value` with every secret in it replaced by a marker."""
     if isinstance(value, str):
@@ -70,7 +75,7 @@ def redact(value: Any) -> Any:
         return {
             k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return type(value)(redact(v) for v in value)
     return value
 
@@ -81,7 +86,7 @@ def _redact_event(
     for key, value in event_dict.items():
         if key.lower() in SECRET_KEYS:
             event_dict[key] = REDACTED
-        elif isinstance(value, str | dict | list | tuple):
+        elif isinstance(value, _MAY_HOLD_SECRETS):
             event_dict[key] = redact(value)
     return event_dict
 
