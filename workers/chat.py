@@ -56,7 +56,7 @@ from dramatiq.brokers.redis import RedisBroker
 from openai.types.chat import ChatCompletionMessageParam
 from psycopg.types.json import Jsonb
 
-from . import metrics, streams
+from . import metrics, streams, upstream
 from .broker import CHAT_QUEUE
 from .db import is_transient
 from .errors import AiwrapError
@@ -499,32 +499,27 @@ class Chat:
         job = self.job
         called = time.perf_counter()
         reply.upstream_calls += 1
-        stream = await self.rt.openai.chat.completions.create(
+        async with self.rt.openai.chat.completions.with_streaming_response.create(
             model=job.model,
             messages=cast("list[ChatCompletionMessageParam]", [dict(m) for m in job.messages]),
             stream=True,
             stream_options={"include_usage": True},
             max_tokens=openai.omit if job.max_tokens is None else job.max_tokens,
             temperature=openai.omit if job.temperature is None else job.temperature,
-        )
-        reply.opened = True
-        async with stream:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    reply.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices:
-                    content = choice.delta.content if choice.delta else None
-                    if content:
-                        if reply.ttft_ms is None:
-                            reply.ttft_ms = round((time.perf_counter() - called) * 1e3, 3)
-                            metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
-                                reply.ttft_ms / 1e3
-                            )
-                        await self._deliver(reply, content)
-                    if choice.delta and choice.delta.refusal:
-                        reply.refusal = (reply.refusal or "") + choice.delta.refusal
-                    if choice.finish_reason:
-                        reply.finish_reason = choice.finish_reason
+        ) as response:
+            reply.opened = True
+            async for piece in upstream.pieces(response):
+                if piece.usage is not None:
+                    reply.usage = piece.usage
+                if piece.content:
+                    if reply.ttft_ms is None:
+                        reply.ttft_ms = round((time.perf_counter() - called) * 1e3, 3)
+                        metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(reply.ttft_ms / 1e3)
+                    await self._deliver(reply, piece.content)
+                if piece.refusal:
+                    reply.refusal = (reply.refusal or "") + piece.refusal
+                if piece.finish_reason:
+                    reply.finish_reason = piece.finish_reason
 
     async def _deliver(self, reply: Reply, piece: str) -> None:
         if reply.cancelled:
