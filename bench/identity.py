@@ -36,7 +36,7 @@ HOST = "127.0.0.1"
 CONNECTIONS = 32
 SECRET = "whsec_" + "YmVuY2htYXJrIHNlY3JldCBiZW5jaG1hcmsgc2VjcmV0"
 NOOP_QUEUE = "bench_noop"
-WORKER_THREADS = 8  # aiwrap worker's default (WorkerOptions.threads)
+WORKER_THREADS = 32  # aiwrap worker's default (WorkerOptions.threads)
 
 
 # --- Child processes: a bare Starlette server, and a worker --------------------------

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--threads",
         type=int,
-        default=8,
+        default=32,  # WorkerOptions.threads, not imported here: it loads the broker
         help="threads per process = messages in flight per process (default %(default)s)",
     )
     worker.add_argument(

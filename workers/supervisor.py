@@ -42,7 +42,10 @@ class WorkerOptions:
     """How `aiwrap worker` was asked to run."""
 
     processes: int = 1
-    threads: int = 8
+    #: Messages in flight per process. They wait on Postgres, Redis or the model,
+    #: not on the CPU; and the more Clerk events a process holds, the more each
+    #: of its commits applies (see workers/identity.py's GroupApplier).
+    threads: int = 32
     queues: tuple[str, ...] = QUEUES
     grace_seconds: float = 30.0
     #: Where the summed metrics of all processes are served; None turns metrics off.
