@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -128,6 +129,9 @@ def _render_json(_logger: Any, _name: str, event_dict: MutableMapping[str, Any])
 
 #: One lock for every line written, ours and the libraries', so none interleave.
 _WRITE_LOCK = threading.RLock()
+# As logging does for its handlers' locks: a child forked while another thread
+# was writing must not inherit the lock held.
+os.register_at_fork(after_in_child=_WRITE_LOCK._at_fork_reinit)  # type: ignore[attr-defined]
 
 
 class _StderrLogger:
