@@ -2,8 +2,9 @@
 
 Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`, `GET /healthz`, and
 `GET /_stats`, which reports what the server did so callers can check their own books:
-`{"totals": {"requests", "prompt_tokens", "completion_tokens", "failed"}, "streams": {"open",
-"peak"}, "recent": [...]}` (`streams`: streamed replies in progress, and the most at once),
+`{"totals": {"received", "requests", "prompt_tokens", "completion_tokens", "failed"},
+"streams": {"open", "peak"}, "recent": [...]}` (`received` counts every request as it arrives,
+`requests` the completions; `streams`: streamed replies in progress, and the most at once),
 where `recent` holds the last 1000 completions, oldest first (streams the client abandons
 are left out), each
 `{"id", "model", "stream", "prompt_tokens", "completion_tokens", "ttft_ms", "finish_reason"}`
@@ -229,7 +230,13 @@ class ModelServer:
     def __init__(self) -> None:
         self.fail_counts: dict[str, int] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=STATS_SIZE)
-        self.totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "failed": 0}
+        self.totals = {
+            "received": 0,
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "failed": 0,
+        }
         #: Streamed replies in progress now, and the most there have been at once.
         self.streams = {"open": 0, "peak": 0}
 
@@ -255,6 +262,7 @@ class ModelServer:
 
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
+        self.totals["received"] += 1
         try:
             chat = parse_chat_request(await request.body())
             self.check_failures(chat)

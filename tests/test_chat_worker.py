@@ -39,8 +39,8 @@ def stats(model_url: str) -> dict[str, Any]:
 
 
 def upstream_requests(model_url: str) -> int:
-    totals = stats(model_url)["totals"]
-    return int(totals["requests"]) + int(totals["failed"])
+    """Requests the model server has received, whatever became of them."""
+    return int(stats(model_url)["totals"]["received"])
 
 
 def events(redis: redis_lib.Redis, job_id: str) -> list[streams.StreamEvent]:

@@ -428,6 +428,7 @@ def test_stats_totals_match_what_concurrent_clients_were_told() -> None:
 
     assert len({completion_id for completion_id, _, _ in seen}) == len(prompts)
     assert reported["totals"] == {
+        "received": len(prompts) + 1,
         "requests": len(prompts),
         "prompt_tokens": sum(p for _, p, _ in seen),
         "completion_tokens": sum(c for _, _, c in seen),

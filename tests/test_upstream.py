@@ -19,16 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers.upstream import Piece, pieces
+from workers.upstream import Gate, Piece, gated, http_client, pieces
 
 from .support import ServerThread
 
 BODIES: dict[str, bytes] = {}
+RECEIVED: list[str] = []
 
 
 async def completions(request: Request) -> Response:
-    body = json.loads(await request.body())
-    return Response(BODIES[body["messages"][0]["content"]], media_type="text/event-stream")
+    key = json.loads(await request.body())["messages"][0]["content"]
+    RECEIVED.append(key)
+    return Response(BODIES[key], media_type="text/event-stream")
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +52,29 @@ def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -
     )
 
 
-def read(base_url: str, body: str) -> list[Piece]:
+def case(body: str) -> str:
     key = f"case {len(BODIES)}"
     BODIES[key] = body.encode()
+    return key
 
+
+def model_client(base_url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key="test", max_retries=0, http_client=http_client()
+    )
+
+
+async def call(client: openai.AsyncOpenAI, key: str) -> list[Piece]:
+    async with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": key}], stream=True
+    ) as response:
+        return [piece async for piece in pieces(response)]
+
+
+def read(base_url: str, body: str) -> list[Piece]:
     async def go() -> list[Piece]:
-        async with (
-            openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0) as client,
-            client.chat.completions.with_streaming_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": key}], stream=True
-            ) as response,
-        ):
-            return [piece async for piece in pieces(response)]
+        async with model_client(base_url) as client:
+            return await call(client, case(body))
 
     return asyncio.run(go())
 
@@ -121,3 +134,39 @@ def test_an_error_event_raises_the_sdks_api_error(base_url: str) -> None:
 def test_data_that_is_not_a_json_object_raises_api_error(base_url: str, data: str) -> None:
     with pytest.raises(openai.APIError, match="not a JSON object"):
         read(base_url, f"data: {data}\n\n")
+
+
+def test_a_request_waits_at_its_gate_until_the_gate_opens(base_url: str) -> None:
+    key = case(f"data: {chunk('a', finish='stop')}\n\n")
+
+    async def go() -> tuple[list[str], list[Piece], float | None]:
+        gate = Gate()
+        async with model_client(base_url) as client:
+            with gated(gate):
+                task = asyncio.create_task(call(client, key))
+            await asyncio.sleep(0.5)  # long enough for an ungated request to arrive
+            held = list(RECEIVED)
+            gate.open()
+            return held, await task, gate.opened_at
+
+    held, got, opened_at = asyncio.run(go())
+    assert key not in held
+    assert key in RECEIVED and got == [Piece(content="a", finish_reason="stop")]
+    assert opened_at is not None
+
+
+def test_a_call_cancelled_at_its_gate_never_reaches_the_server(base_url: str) -> None:
+    key = case(f"data: {chunk('a', finish='stop')}\n\n")
+
+    async def go() -> None:
+        async with model_client(base_url) as client:
+            with gated(Gate()):
+                task = asyncio.create_task(call(client, key))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await call(client, case(f"data: {chunk('b')}\n\n"))  # the client is still usable
+
+    asyncio.run(go())
+    assert key not in RECEIVED

@@ -328,6 +328,7 @@ class Chat:
         self.published_len = 0
         self.diverged = False
         self.started = time.perf_counter()
+        self.gate = upstream.Gate()
 
     async def run(self) -> None:
         job, cancels = self.job, self.rt.cancels
@@ -372,24 +373,34 @@ class Chat:
             str(e.data.get("content", "")) for e in events if e.event == streams.DELTA
         )
         self.published_len = len(self.published)
-        # The record says "running" while the row opens: neither waits for the other,
-        # and a refusal's final status is written only after both.
-        outcome, _ = await asyncio.gather(
-            _with_db_retries(lambda: self._begin(cancel.is_set())),
-            streams.write_job_record(
-                self.redis,
-                job.id,
-                user_id=job.user_id,
-                model=job.model,
-                requested_at=job.requested_at,
-                ttl_seconds=self.rt.settings.stream_ttl_seconds,
-                status=streams.RUNNING,
-            ),
-        )
+        # Three things at once: the row opens, the record says "running", and the
+        # SDK builds the model call, which waits at the gate until the row says
+        # the chat may run. A refusal's final status is written only after all.
+        reply = Reply()
+        with upstream.gated(self.gate):
+            call = asyncio.create_task(self._call_with_retries(reply))
+        try:
+            outcome, _ = await asyncio.gather(
+                _with_db_retries(lambda: self._begin(cancel.is_set())),
+                streams.write_job_record(
+                    self.redis,
+                    job.id,
+                    user_id=job.user_id,
+                    model=job.model,
+                    requested_at=job.requested_at,
+                    ttl_seconds=self.rt.settings.stream_ttl_seconds,
+                    status=streams.RUNNING,
+                ),
+            )
+        except BaseException:
+            await _abandon(call)
+            raise
         if outcome is None:
-            reply = Reply()
-            await self._converse(reply, cancel)
+            self.gate.open()
+            await self._converse(reply, cancel, call)
             outcome = await _with_db_retries(lambda: self._finish(reply))
+        else:
+            await _abandon(call)  # refused: it never got past the gate
         await self._end(outcome)
 
     async def _end(self, outcome: Outcome) -> None:
@@ -444,9 +455,10 @@ class Chat:
             await conn.execute(REFUSED_LOG, {**params, "metadata": Jsonb(meta)})
         return Outcome("error", streams.ERROR, error)
 
-    async def _converse(self, reply: Reply, cancel: asyncio.Event) -> None:
+    async def _converse(
+        self, reply: Reply, cancel: asyncio.Event, call: asyncio.Task[None]
+    ) -> None:
         """Talk to the model until it is done, fails for good, or the chat is cancelled."""
-        call = asyncio.create_task(self._call_with_retries(reply))
         waiter = asyncio.create_task(cancel.wait())
         try:
             await asyncio.wait({call, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -513,7 +525,8 @@ class Chat:
                     reply.usage = piece.usage
                 if piece.content:
                     if reply.ttft_ms is None:
-                        reply.ttft_ms = round((time.perf_counter() - called) * 1e3, 3)
+                        sent = max(called, self.gate.opened_at or called)
+                        reply.ttft_ms = round((time.perf_counter() - sent) * 1e3, 3)
                         metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(reply.ttft_ms / 1e3)
                     await self._deliver(reply, piece.content)
                 if piece.refusal:
@@ -674,6 +687,14 @@ def _since(iso: str) -> float | None:
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
     return round((datetime.now(UTC) - then).total_seconds() * 1e3, 3)
+
+
+async def _abandon(call: asyncio.Task[None]) -> None:
+    """Cancel a model call that must not go on, and wait (a while) for it to stop."""
+    call.cancel()
+    await asyncio.wait({call}, timeout=CANCEL_WAIT_S)
+    if call.done() and not call.cancelled():
+        call.exception()  # retrieved: a call that failed before its gate says nothing
 
 
 async def _with_db_retries(step: Any) -> Any:

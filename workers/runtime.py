@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from openai import AsyncOpenAI, Timeout
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from . import upstream
 from .db import POOL_TIMEOUT, make_pool
 from .logs import get_logger
 from .metering import Price, load_prices
@@ -84,6 +85,7 @@ class Runtime:
             base_url=self.settings.openai_base_url or None,
             max_retries=0,
             timeout=Timeout(OPENAI_READ_TIMEOUT_S, connect=OPENAI_CONNECT_TIMEOUT_S),
+            http_client=upstream.http_client(),
         )
         pool = make_pool(self.settings.database_url, name="worker")
         await pool.open(wait=False)

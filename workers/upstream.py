@@ -7,17 +7,74 @@ parameters, auth, base URL, timeouts, and its errors for a refused call
 pydantic models for every chunk, which cost about three times the CPU of the
 rest of a piece's way to the client; a worker holding hundreds of streams spends
 most of its time there (see bench/README.md).
+
+The SDK also spends a few milliseconds of CPU building each request, so the
+chat actor starts the call while its admission round trip to Postgres is still
+out, behind a Gate: the model client's HTTP client holds every request at a
+request hook until the chat's gate opens, so nothing goes upstream, and no
+connection is taken, before the chat is admitted. A refused chat cancels its
+call at the gate.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 import orjson
 from openai._response import AsyncAPIResponse
+
+
+class Gate:
+    """Holds a chat's upstream requests until the chat is admitted."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        #: When the gate opened (time.perf_counter()), None while it is shut.
+        self.opened_at: float | None = None
+
+    def open(self) -> None:
+        if self.opened_at is None:
+            self.opened_at = time.perf_counter()
+            self._open.set()
+
+    async def wait(self) -> None:
+        await self._open.wait()
+
+
+_gate: ContextVar[Gate | None] = ContextVar("aiwrap_upstream_gate", default=None)
+
+
+@contextlib.contextmanager
+def gated(gate: Gate) -> Iterator[None]:
+    """Tasks created inside the block send upstream requests only once `gate` opens."""
+    token = _gate.set(gate)
+    try:
+        yield
+    finally:
+        _gate.reset(token)
+
+
+async def _wait_for_gate(_request: httpx2.Request) -> None:
+    gate = _gate.get()
+    if gate is not None:
+        await gate.wait()
+
+
+def http_client() -> httpx2.AsyncClient:
+    """The model client's HTTP client: the SDK's defaults, and the gate.
+
+    A request hook rather than a transport, so that it holds requests whatever
+    transport a URL gets (an environment proxy mounts its own).
+    """
+    return openai.DefaultAsyncHttpxClient(event_hooks={"request": [_wait_for_gate]})
 
 
 @dataclass(frozen=True)
