@@ -10,7 +10,9 @@ DATABASE_URL / REDIS_URL when both are set): the local model server, one
    the model server's own time to first token for that request (from its
    `/_stats`, matched by the reply's length, which each probe makes unique);
    p50 and p99, on an idle system (one chat a second) and under load (a
-   background of concurrent streamed chats, each with an SSE reader);
+   background of concurrent streamed chats, each with an SSE reader); beside
+   it, as a baseline, what the openai SDK alone adds when the bench calls the
+   model server itself, as the worker does;
 2. how many concurrent upstream streams the one worker process holds, and its
    peak RSS while it does.
 """
@@ -158,6 +160,40 @@ async def background(port: int, streams: int, stop: asyncio.Event, user_id: str)
     return done
 
 
+async def sdk_alone(client: httpx.AsyncClient, model_url: str, count: int) -> list[float]:
+    """Baseline: what the openai SDK alone adds to the model server's time to first
+    token, called as the worker calls it, one call a second."""
+    import openai
+
+    from workers import upstream
+
+    results = []
+    async with openai.AsyncOpenAI(
+        base_url=f"{model_url}/v1",
+        api_key="bench",
+        max_retries=0,
+        http_client=upstream.http_client(),
+    ) as sdk:
+        for i in range(count):
+            words = 500 + i  # apart from the probes' reply lengths
+            started = time.perf_counter()
+            async with sdk.chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"{PROBE_PROMPT} [[words={words}]]"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            ) as response:
+                first = None
+                async for piece in upstream.pieces(response):
+                    if first is None and piece.content:
+                        first = time.perf_counter() - started
+            assert first is not None
+            results.append((PROBE_BASE_TOKENS + words, first))
+            await asyncio.sleep(1.0)
+    server = await server_ttfts(client, model_url)
+    return [seen - server[tokens] for tokens, seen in results]
+
+
 def background_process(
     port: int, streams: int, seconds: float, user_id: str, finished: Any
 ) -> None:
@@ -285,7 +321,11 @@ async def run(
             summary(
                 "idle (1 chat/s)",
                 await probes(client, port, model_url, args.idle, 1.0, 10, "user_bench_idle"),
-            )
+            ),
+            summary(
+                "baseline: the openai SDK alone, idle (1 call/s)",
+                await sdk_alone(client, model_url, args.idle),
+            ),
         ]
 
         context = multiprocessing.get_context("spawn")
