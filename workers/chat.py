@@ -334,27 +334,37 @@ class Chat:
         job, cancels = self.job, self.rt.cancels
         token = uuid.uuid4().hex
         lease = streams.lease_key(job.id)
-        # Watched before the flag is read: a cancel then lands either in the
-        # flag, read with the lease, or on the listener, which sets the event.
-        with cancels.watch(job.id) as cancel:
-            await cancels.wait_ready(1.0)
-            taken = await streams.take(self.redis, job.id, lease, token, LEASE_MS)
-            if taken is None:
-                log.info("chat_already_running", job_id=job.id)
-                return
-            if taken.cancelled:
-                cancel.set()
-            # Stopped by an event, not cancelled: redis-py can swallow a cancellation
-            # that lands mid-command, and then the renewer would never end.
-            done = asyncio.Event()
-            renewer = asyncio.create_task(self._renew_lease(lease, token, done))
-            try:
-                await self._run(taken.events, cancel)
-            finally:
-                done.set()
-                await asyncio.wait({renewer}, timeout=LEASE_RENEW_S)
-                with contextlib.suppress(redis_sync.RedisError):
-                    await self.redis.eval(RELEASE_LEASE, 1, lease, token)
+        # The SDK builds the model call (milliseconds of CPU) while the lease is
+        # taken and the row opens; the call waits at the gate until the chat is
+        # admitted, and is abandoned, having sent nothing, if it is not.
+        reply = Reply()
+        with upstream.gated(self.gate):
+            call = asyncio.create_task(self._call_with_retries(reply))
+        try:
+            # Watched before the flag is read: a cancel then lands either in the
+            # flag, read with the lease, or on the listener, which sets the event.
+            with cancels.watch(job.id) as cancel:
+                await cancels.wait_ready(1.0)
+                taken = await streams.take(self.redis, job.id, lease, token, LEASE_MS)
+                if taken is None:
+                    log.info("chat_already_running", job_id=job.id)
+                    return
+                if taken.cancelled:
+                    cancel.set()
+                # Stopped by an event, not cancelled: redis-py can swallow a
+                # cancellation that lands mid-command; the renewer would never end.
+                done = asyncio.Event()
+                renewer = asyncio.create_task(self._renew_lease(lease, token, done))
+                try:
+                    await self._run(taken.events, cancel, reply, call)
+                finally:
+                    done.set()
+                    await asyncio.wait({renewer}, timeout=LEASE_RENEW_S)
+                    with contextlib.suppress(redis_sync.RedisError):
+                        await self.redis.eval(RELEASE_LEASE, 1, lease, token)
+        finally:
+            if not self.gate.opened_at:
+                await _abandon(call)  # never admitted: it never got past the gate
 
     async def _renew_lease(self, lease: str, token: str, done: asyncio.Event) -> None:
         while not done.is_set():
@@ -364,7 +374,13 @@ class Chat:
             with contextlib.suppress(redis_sync.RedisError):
                 await self.redis.eval(RENEW_LEASE, 1, lease, token, LEASE_MS)
 
-    async def _run(self, events: list[streams.StreamEvent], cancel: asyncio.Event) -> None:
+    async def _run(
+        self,
+        events: list[streams.StreamEvent],
+        cancel: asyncio.Event,
+        reply: Reply,
+        call: asyncio.Task[None],
+    ) -> None:
         job = self.job
         if any(e.terminal for e in events):
             log.info("chat_already_finished", job_id=job.id)
@@ -373,34 +389,24 @@ class Chat:
             str(e.data.get("content", "")) for e in events if e.event == streams.DELTA
         )
         self.published_len = len(self.published)
-        # Three things at once: the row opens, the record says "running", and the
-        # SDK builds the model call, which waits at the gate until the row says
-        # the chat may run. A refusal's final status is written only after all.
-        reply = Reply()
-        with upstream.gated(self.gate):
-            call = asyncio.create_task(self._call_with_retries(reply))
-        try:
-            outcome, _ = await asyncio.gather(
-                _with_db_retries(lambda: self._begin(cancel.is_set())),
-                streams.write_job_record(
-                    self.redis,
-                    job.id,
-                    user_id=job.user_id,
-                    model=job.model,
-                    requested_at=job.requested_at,
-                    ttl_seconds=self.rt.settings.stream_ttl_seconds,
-                    status=streams.RUNNING,
-                ),
-            )
-        except BaseException:
-            await _abandon(call)
-            raise
+        # The row opens while the record says "running"; a refusal's final
+        # status is written only after both.
+        outcome, _ = await asyncio.gather(
+            _with_db_retries(lambda: self._begin(cancel.is_set())),
+            streams.write_job_record(
+                self.redis,
+                job.id,
+                user_id=job.user_id,
+                model=job.model,
+                requested_at=job.requested_at,
+                ttl_seconds=self.rt.settings.stream_ttl_seconds,
+                status=streams.RUNNING,
+            ),
+        )
         if outcome is None:
             self.gate.open()
             await self._converse(reply, cancel, call)
             outcome = await _with_db_retries(lambda: self._finish(reply))
-        else:
-            await _abandon(call)  # refused: it never got past the gate
         await self._end(outcome)
 
     async def _end(self, outcome: Outcome) -> None:
