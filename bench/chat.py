@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--idle", type=int, default=30, help="probe chats per phase")
     parser.add_argument(
-        "--load", type=int, default=100, help="concurrent background chats in the load phase"
+        "--load", type=int, default=20, help="concurrent background chats in the load phase"
     )
     parser.add_argument(
         "--streams", type=int, default=500, help="chats started at once in the capacity phase"

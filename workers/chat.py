@@ -1,10 +1,12 @@
 """The chat actor: one exchange with the model, streamed to Redis, logged and metered.
 
 `run_chat(job)` (queue `chat`) takes the job dict of docs/chat-contract.md. It
-writes the `prompt_logs` row (completion NULL) when it starts, streams the
-reply from the model, appends each piece of text to the chat's Redis stream,
-and ends with one transaction that finalises the row and inserts the
-`token_usage` row, then one terminal stream event.
+opens the `prompt_logs` row (completion NULL) in one call of aiwrap_begin_chat,
+which refuses a chat that must not call the model; meanwhile the SDK builds the
+model call, held at its gate (workers/upstream.py) until the row is open. It
+streams the reply, appends each piece of text to the chat's Redis stream, and
+ends with one transaction that finalises the row and inserts the `token_usage`
+row, then one terminal stream event.
 
 Concurrency. `run_chat` is async: every chat a process runs shares its one
 event loop, its one database connection (held only for the two short
