@@ -297,6 +297,7 @@ class Reply:
     """What came back from the model, kept as it arrives so a cancel loses nothing."""
 
     pieces: list[str] = field(default_factory=list)
+    length: int = 0  # of the text in pieces, kept as they arrive
     finish_reason: str | None = None
     usage: tuple[int, int] | None = None
     ttft_ms: float | None = None
@@ -326,11 +327,17 @@ class Chat:
     def __init__(self, runtime: Runtime, job: ChatJob) -> None:
         self.rt, self.job = runtime, job
         self.redis = runtime.redis
-        self.published = ""  # text the stream already holds (a previous run's)
+        self.earlier = ""  # text the stream already held: a previous run's
+        self.fresh: list[str] = []  # text this run added to the stream
         self.published_len = 0
         self.diverged = False
         self.started = time.perf_counter()
         self.gate = upstream.Gate()
+
+    @property
+    def published(self) -> str:
+        """All the text the chat's stream holds: what readers saw."""
+        return self.earlier + "".join(self.fresh)
 
     async def run(self) -> None:
         job, cancels = self.job, self.rt.cancels
@@ -387,10 +394,10 @@ class Chat:
         if any(e.terminal for e in events):
             log.info("chat_already_finished", job_id=job.id)
             return
-        self.published = "".join(
+        self.earlier = "".join(
             str(e.data.get("content", "")) for e in events if e.event == streams.DELTA
         )
-        self.published_len = len(self.published)
+        self.published_len = len(self.earlier)
         # The row opens while the record says "running"; a refusal's final
         # status is written only after both.
         outcome, _ = await asyncio.gather(
@@ -545,11 +552,11 @@ class Chat:
     async def _deliver(self, reply: Reply, piece: str) -> None:
         if reply.cancelled:
             raise asyncio.CancelledError
-        before = sum(len(p) for p in reply.pieces)
+        before = reply.length
         reply.pieces.append(piece)
-        after = before + len(piece)
-        if before < self.published_len:  # text a previous run already streamed
-            seen = self.published[before:after]
+        after = reply.length = before + len(piece)
+        if before < len(self.earlier):  # text a previous run already streamed
+            seen = self.earlier[before:after]
             if not piece.startswith(seen):
                 self.diverged = True
         if after <= self.published_len:
@@ -560,7 +567,7 @@ class Chat:
         await streams.publish(
             self.redis, self.job.id, streams.DELTA, {"content": fresh}, ttl_seconds=ttl
         )
-        self.published += fresh
+        self.fresh.append(fresh)
         self.published_len = after
 
     async def _finish(self, reply: Reply) -> Outcome:
@@ -640,7 +647,7 @@ class Chat:
             meta["refusal"] = reply.refusal
         if reply.cancelled:
             meta["cancelled"] = True
-        if len(self.published) > len(reply.text) or self.diverged:
+        if self.published_len > reply.length or self.diverged:
             meta["resume_diverged"] = self.diverged
         return meta
 
