@@ -20,9 +20,11 @@ import pytest
 import redis as redis_lib
 
 from ingest.model_server import count_tokens, reply_text, running_model_server
+from workers import chat as chat_actor
 from workers import streams
 from workers.broker import WakingRedisBroker, build_broker
 from workers.chat import enqueue_chat, new_job
+from workers.identity import should_retry
 from workers.settings import Settings
 
 Row = dict[str, Any]
@@ -585,3 +587,14 @@ def test_a_worker_process_killed_mid_stream_is_replaced_and_the_chat_ends_comple
     assert row is not None and row["status"] == "ok" and row["completion"] == expected
     assert row["metadata"]["attempt"] == 2
     assert len(usage_rows(db, job["id"])) == 1
+
+
+def test_a_worker_ahead_of_the_schema_retries_instead_of_dropping_jobs(
+    db: psycopg.Connection[Row],
+) -> None:
+    # What a worker deployed before `aiwrap migrate` gets from Postgres.
+    with pytest.raises(psycopg.errors.UndefinedFunction) as missing:
+        db.execute("SELECT * FROM aiwrap_begin_chat_from_a_later_release()")
+    assert chat_actor._should_retry(0, missing.value)
+    assert not chat_actor._should_retry(chat_actor.MAX_RUN_RETRIES, missing.value)
+    assert should_retry(100, missing.value)

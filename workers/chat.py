@@ -60,7 +60,7 @@ from psycopg.types.json import Jsonb
 
 from . import metrics, streams, upstream
 from .broker import CHAT_QUEUE
-from .db import is_transient
+from .db import is_transient, schema_behind
 from .errors import AiwrapError
 from .logs import get_logger
 from .metering import cost_microcents, month_start, next_month, price_for
@@ -754,5 +754,9 @@ def declare(broker: Broker, runtime: Runtime) -> None:
 
 
 def _should_retry(retries: int, error: BaseException) -> bool:
-    transient = is_transient(error) or isinstance(error, redis_sync.RedisError | OSError)
+    transient = (
+        is_transient(error)
+        or schema_behind(error)  # aiwrap_begin_chat is missing until `aiwrap migrate` runs
+        or isinstance(error, redis_sync.RedisError | OSError)
+    )
     return transient and retries < MAX_RUN_RETRIES

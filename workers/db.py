@@ -55,6 +55,12 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(url, **{**CONNECTION_KWARGS, **kwargs})
 
 
+def schema_behind(error: BaseException) -> bool:
+    """True when a function schema.sql defines is missing: a worker deployed before
+    `aiwrap migrate` ran. That passes once the schema is applied."""
+    return isinstance(error, psycopg.errors.UndefinedFunction)
+
+
 def is_transient(error: BaseException) -> bool:
     """True when retrying may succeed: the server or the network failed, not the statement."""
     # OperationalError covers lost connections, server shutdowns, deadlocks and

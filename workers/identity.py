@@ -29,7 +29,7 @@ from psycopg.rows import tuple_row
 
 from . import metrics
 from .broker import IDENTITY_QUEUE
-from .db import is_transient
+from .db import is_transient, schema_behind
 from .errors import InvalidEvent
 from .logs import get_logger
 from .runtime import Runtime
@@ -381,10 +381,8 @@ async def is_tombstoned(conn: AsyncConnection[Any], user_id: str) -> bool:
 
 def should_retry(retries: int, error: BaseException) -> bool:
     """Transient failures retry until they succeed; anything else a few times only."""
-    # A worker deployed before `aiwrap migrate` has run finds no function to
-    # call: that passes once the schema is applied, so keep the events.
-    schema_behind = isinstance(error, psycopg.errors.UndefinedFunction)
-    return is_transient(error) or schema_behind or retries < MAX_UNEXPECTED_RETRIES
+    # Before `aiwrap migrate` has run there is no function to call: keep the events.
+    return is_transient(error) or schema_behind(error) or retries < MAX_UNEXPECTED_RETRIES
 
 
 def declare(broker: Any, runtime: Runtime) -> None:
