@@ -134,10 +134,8 @@ async def create_chat(request: Request) -> Response:
     # rely on it being there.
     record = streams.job_record_commands(
         job_id,
-        user_id=user_id,
-        model=model,
-        requested_at=job["requested_at"],
-        ttl_seconds=state.settings.stream_ttl_seconds,
+        streams.JobRecord(user_id, model, streams.QUEUED, job["requested_at"]),
+        state.settings.stream_ttl_seconds,
     )
     await state.enqueuer.send(CHAT_QUEUE, ACTOR_NAME, job, also=record)
     url = f"/v1/chat/{job_id}"

@@ -99,10 +99,10 @@ def fake_job(settings: Settings, user_id: str) -> str:
         lambda r: streams.write_job_record(
             r,
             job_id,
-            user_id=user_id,
-            model="gpt-4o-mini",
-            requested_at=datetime.now(UTC).isoformat(),
-            ttl_seconds=60,
+            streams.JobRecord(
+                user_id, "gpt-4o-mini", streams.QUEUED, datetime.now(UTC).isoformat()
+            ),
+            60,
         ),
         settings.redis_url,
     )

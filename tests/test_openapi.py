@@ -228,9 +228,8 @@ def finished_chat(settings: Settings, user_id: str) -> str:
 
     async def write(r: aioredis.Redis) -> None:
         now = datetime.now(UTC).isoformat()
-        await streams.write_job_record(
-            r, job_id, user_id=user_id, model="gpt-4o-mini", requested_at=now, ttl_seconds=60
-        )
+        record = streams.JobRecord(user_id, "gpt-4o-mini", streams.QUEUED, now)
+        await streams.write_job_record(r, job_id, record, 60)
         await streams.publish(r, job_id, "delta", {"content": "Hello"})
         done = {
             "status": "ok",

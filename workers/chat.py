@@ -262,18 +262,10 @@ def enqueue_chat(
     """
     chat = ChatJob.parse(job)
     client: redis_sync.Redis = broker.client
-    key = streams.job_key(chat.id)
+    record = streams.JobRecord(chat.user_id, chat.model, streams.QUEUED, chat.requested_at)
     with client.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            key,
-            mapping={
-                "user_id": chat.user_id,
-                "model": chat.model,
-                "status": streams.QUEUED,
-                "requested_at": chat.requested_at,
-            },
-        )
-        pipe.expire(key, stream_ttl_seconds)
+        for command in streams.job_record_commands(chat.id, record, stream_ttl_seconds):
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         pipe.execute()
     broker.enqueue(
         dramatiq.Message(
@@ -405,11 +397,8 @@ class Chat:
             streams.write_job_record(
                 self.redis,
                 job.id,
-                user_id=job.user_id,
-                model=job.model,
-                requested_at=job.requested_at,
-                ttl_seconds=self.rt.settings.stream_ttl_seconds,
-                status=streams.RUNNING,
+                streams.JobRecord(job.user_id, job.model, streams.RUNNING, job.requested_at),
+                self.rt.settings.stream_ttl_seconds,
             ),
         )
         if outcome is None:

@@ -194,42 +194,27 @@ async def take(
     return Taken([_event(entry_id, fields) for entry_id, fields in entries], bool(cancelled))
 
 
-def job_record_commands(
-    job_id: str,
-    *,
-    user_id: str,
-    model: str,
-    requested_at: str,
-    ttl_seconds: int,
-    status: str = QUEUED,
-) -> list[tuple[str, ...]]:
+def job_record_commands(job_id: str, record: JobRecord, ttl_seconds: int) -> list[tuple[str, ...]]:
     """The Redis commands that write the job hash, for a caller's own transaction."""
     key = job_key(job_id)
-    fields = ("user_id", user_id, "model", model, "status", status, "requested_at", requested_at)
-    return [("HSET", key, *fields), ("EXPIRE", key, str(ttl_seconds))]
+    fields = (
+        ("user_id", record.user_id),
+        ("model", record.model),
+        ("status", record.status),
+        ("requested_at", record.requested_at),
+    )
+    return [
+        ("HSET", key, *(word for pair in fields for word in pair)),
+        ("EXPIRE", key, str(ttl_seconds)),
+    ]
 
 
 async def write_job_record(
-    redis: aioredis.Redis,
-    job_id: str,
-    *,
-    user_id: str,
-    model: str,
-    requested_at: str,
-    ttl_seconds: int,
-    status: str = QUEUED,
+    redis: aioredis.Redis, job_id: str, record: JobRecord, ttl_seconds: int
 ) -> None:
-    """Write the job hash when the job is queued (ingest, with the enqueue) or starts."""
-    commands = job_record_commands(
-        job_id,
-        user_id=user_id,
-        model=model,
-        requested_at=requested_at,
-        ttl_seconds=ttl_seconds,
-        status=status,
-    )
+    """Write the job hash: when the job starts (the worker), or in tests."""
     async with redis.pipeline(transaction=True) as pipe:
-        for command in commands:
+        for command in job_record_commands(job_id, record, ttl_seconds):
             pipe.execute_command(*command)
         await pipe.execute()
 
@@ -246,11 +231,6 @@ async def read_job_record(redis: aioredis.Redis, job_id: str) -> JobRecord | Non
         fields.get("status", QUEUED),
         fields.get("requested_at", ""),
     )
-
-
-async def set_status(redis: aioredis.Redis, job_id: str, status: str) -> None:
-    """Set the job hash's status (running, or a final one)."""
-    await redis.hset(job_key(job_id), "status", status)
 
 
 async def request_cancel(redis: aioredis.Redis, job_id: str, ttl_seconds: int) -> None:
