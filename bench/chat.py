@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.identity import percentile, services, spawn, wait_for_port
+from bench.identity import percentile, read_reply, services, spawn, wait_for_port
 
 HOST = "127.0.0.1"
 API_KEY = "aiw_bench_" + "k" * 24
@@ -56,16 +56,6 @@ async def request_head(
     if body:
         head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-
-
-async def read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """A reply with a Content-Length body: its status and body."""
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    return status, await reader.readexactly(length)
 
 
 async def first_token(port: int, user_id: str, content: str, read_all: bool = False) -> float:
