@@ -155,25 +155,28 @@ class WakingRedisBroker(RedisBroker):
         # per queue, rather than by chance: maintenance is what puts a dead
         # worker's messages back, so its period bounds how long they wait.
         dispatch = self.scripts["dispatch"]
-        keys = [self.namespace]
 
         def do_dispatch(queue_name: str, *args: Any) -> Any:
             return dispatch(
-                args=[
-                    command,
-                    current_millis(),
-                    queue_name,
-                    self.broker_id,
-                    self.heartbeat_timeout,
-                    self.dead_message_ttl,
-                    self._maintenance_due(command, queue_name),
-                    self._max_unpack_size(),
-                    *args,
-                ],
-                keys=keys,
+                args=self._dispatch_args(command, queue_name, *args),
+                keys=[self.namespace],
             )
 
         return do_dispatch
+
+    def _dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
+        """The arguments of Dramatiq's dispatch script for one command."""
+        return [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._maintenance_due(command, queue_name),
+            self._max_unpack_size(),
+            *args,
+        ]
 
     def ack_many(self, queue_name: str, message_ids: list[str]) -> None:
         """Ack these messages in one round trip: Dramatiq's ack command for each, pipelined."""
@@ -181,17 +184,7 @@ class WakingRedisBroker(RedisBroker):
         with self.client.pipeline(transaction=False) as pipe:
             for message_id in message_ids:
                 dispatch(
-                    args=[
-                        "ack",
-                        current_millis(),
-                        queue_name,
-                        self.broker_id,
-                        self.heartbeat_timeout,
-                        self.dead_message_ttl,
-                        0,
-                        self._max_unpack_size(),
-                        message_id,
-                    ],
+                    args=self._dispatch_args("ack", queue_name, message_id),
                     keys=[self.namespace],
                     client=pipe,
                 )
