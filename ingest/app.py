@@ -41,12 +41,12 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = (
-            next(
-                (v.decode("latin-1")[:64] for k, v in scope["headers"] if k == b"x-request-id"), ""
-            )
-            or self.new_request_id()
-        )
+        request_id = ""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")[:64]
+                break
+        request_id = request_id or self.new_request_id()
         status = 500
         started = time.perf_counter()
 
@@ -67,7 +67,7 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            metrics.observe_request(template, scope["method"], status, elapsed)
+            metrics.REQUESTS.observe(template, scope["method"], status, elapsed)
             log.info(
                 "request",
                 method=scope["method"],

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -33,6 +36,8 @@ from .errors import ApiError
 
 log = get_logger(__name__)
 
+ENQUEUE_SCRIPT = Path(__file__).with_name("enqueue.lua")
+
 
 class QueueUnavailable(ApiError):
     """Redis did not take the message; the caller should retry."""
@@ -48,7 +53,19 @@ class QueueUnavailable(ApiError):
 
 #: A Redis command as its words, e.g. ("EXPIRE", key, 60).
 Command = tuple[str | bytes | int, ...]
-Pending = tuple[Message[Any], Sequence[Command], asyncio.Future[None]]
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message encoded and waiting for its batch, and the future its sender awaits."""
+
+    queue_name: str
+    redis_message_id: str
+    data: bytes
+    also: Sequence[Command]
+    sent: asyncio.Future[None]
+    #: The Message as workers will decode it, kept only for middleware with enqueue hooks.
+    message: Message[Any] | None
 
 
 def _hooks_enqueue(broker: WakingRedisBroker) -> bool:
@@ -74,57 +91,75 @@ class MessageIds:
         return f"{self.prefix}{next(self.counter) & 0xFFFF_FFFF_FFFF:012x}"
 
 
-def encode(message: Message[Any]) -> bytes:
-    """The message as the broker's encoder writes it."""
-    if type(dramatiq.get_encoder()) is dramatiq.JSONEncoder:
-        # The same JSON, several times faster than the json module for an event's size.
-        try:
-            data: bytes = orjson.dumps(
-                message.asdict(),
-                option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS,
-            )
-            return data
-        except TypeError:  # e.g. a non-str key or a datetime: the encoder knows what to do
-            pass
-    return message.encode()
+def encode(fields: dict[str, Any]) -> bytes:
+    """A message's fields (Message.asdict()'s) as Dramatiq's JSONEncoder writes them.
+
+    orjson writes the same compact JSON several times faster than the json module,
+    and embeds an `orjson.Fragment` argument, JSON already checked, as it is.
+    Values json could not encode (datetimes, dataclasses) raise TypeError here too.
+    """
+    data: bytes = orjson.dumps(
+        fields, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    )
+    return data
 
 
 class Enqueuer:
     """Sends messages to the broker's queues from the event loop, in batches."""
 
     def __init__(self, broker: WakingRedisBroker, redis: aioredis.Redis) -> None:
+        if type(dramatiq.get_encoder()) is not dramatiq.JSONEncoder:
+            raise RuntimeError(
+                "The Enqueuer writes messages as JSON; Dramatiq's encoder is set to "
+                f"{type(dramatiq.get_encoder()).__name__}, which workers could not read them with."
+            )
         self.broker = broker
         self.redis = redis
         self.pending: list[Pending] = []
         self.sending: asyncio.Task[None] | None = None
-        # Dramatiq's own middleware has no enqueue hooks: skip the two calls
-        # per middleware per message that would find that out every time.
+        # Dramatiq's own middleware has no enqueue hooks: skip building the
+        # Message and the two calls per middleware that would find that out.
         self.emits = _hooks_enqueue(broker)
         self.new_id = MessageIds()
+        self.script = redis.register_script(ENQUEUE_SCRIPT.read_text())
 
     async def send(
         self, queue_name: str, actor_name: str, *args: Any, also: Sequence[Command] = ()
-    ) -> Message[Any]:
-        """Return once the message is on its queue; raise QueueUnavailable if Redis fails.
+    ) -> str:
+        """Return the message's id once it is on its queue; raise QueueUnavailable if
+        Redis fails.
 
+        An argument may be an `orjson.Fragment`: JSON text the actor receives decoded.
         The commands `also` are written in the same transaction, just before the
         message: what the job's consumers need to find is there when they run.
         """
-        message: Message[Any] = Message(
-            queue_name=queue_name,
-            actor_name=actor_name,
-            args=args,
-            kwargs={},
-            # What RedisBroker.enqueue adds: an id of its own for each enqueue.
-            options={"redis_message_id": self.new_id()},
-            message_id=self.new_id(),
+        message_id, redis_message_id = self.new_id(), self.new_id()
+        # What Message(...).asdict() holds, in its order, with what RedisBroker.enqueue
+        # adds: an id of its own for each enqueue.
+        data = encode(
+            {
+                "queue_name": queue_name,
+                "actor_name": actor_name,
+                "args": args,
+                "kwargs": {},
+                "options": {"redis_message_id": redis_message_id},
+                "message_id": message_id,
+                "message_timestamp": int(time.time() * 1000),
+            }
         )
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((message, also, sent))
+        pending = Pending(
+            queue_name,
+            redis_message_id,
+            data,
+            also,
+            asyncio.get_running_loop().create_future(),
+            Message.decode(data) if self.emits else None,
+        )
+        self.pending.append(pending)
         if self.sending is None:
             self.sending = asyncio.create_task(self._drain())
-        await sent
-        return message
+        await pending.sent
+        return message_id
 
     async def _drain(self) -> None:
         try:
@@ -136,9 +171,9 @@ class Enqueuer:
 
     async def _send(self, batch: list[Pending]) -> None:
         try:
-            if self.emits:
-                for message, _, _ in batch:
-                    self.broker.emit_before("enqueue", message, None)
+            for each in batch:
+                if each.message:
+                    self.broker.emit_before("enqueue", each.message, None)
             await self._write(batch)
         except (RedisConnectionError, RedisTimeoutError) as error:
             log.warning("enqueue_failed", error=type(error).__name__, messages=len(batch))
@@ -147,42 +182,31 @@ class Enqueuer:
         except Exception as error:
             self._fail(batch, error)
             return
-        for message, _, sent in batch:
-            if self.emits:
-                self.broker.emit_after("enqueue", message, None)
-            if not sent.done():
-                sent.set_result(None)
+        for each in batch:
+            if each.message:
+                self.broker.emit_after("enqueue", each.message, None)
+            if not each.sent.done():
+                each.sent.set_result(None)
 
     @staticmethod
     def _fail(batch: list[Pending], error: Exception) -> None:
-        for _, _, sent in batch:
-            if not sent.done():
-                sent.set_exception(error)
+        for each in batch:
+            if not each.sent.done():
+                each.sent.set_exception(error)
 
     async def _write(self, batch: list[Pending]) -> None:
-        """Write what dispatch.lua's "enqueue" writes, for every message, in one transaction.
-
-        Per queue that is the message data in the `.msgs` hash under its
-        redis_message_id and that id at the tail of the queue's list, then
-        the wake-up for idle consumers. Plain commands rather than one script
-        call per message: four commands a queue, whatever the batch size.
-        """
-        by_queue: dict[str, dict[str, bytes]] = {}
-        for message, _, _ in batch:
-            by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = (
-                encode(message)
-            )
+        """Write the batch with one call of enqueue.lua: one round trip and one reply,
+        atomic like a MULTI/EXEC, whose six replies cost ingest more to read."""
+        commands = [command for each in batch for command in each.also]
+        words: list[str | bytes | int] = [WakingRedisBroker.MAX_WAKE_TOKENS, len(commands)]
+        for command in commands:
+            words += (len(command), *command)
+        by_queue: dict[str, list[Pending]] = {}
+        for each in batch:
+            by_queue.setdefault(each.queue_name, []).append(each)
         namespace = self.broker.namespace
-        tokens = WakingRedisBroker.MAX_WAKE_TOKENS
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for _, also, _ in batch:
-                for command in also:
-                    pipe.execute_command(*command)
-            for queue_name, data in by_queue.items():
-                queue_key = f"{namespace}:{queue_name}"
-                pipe.hset(f"{queue_key}.msgs", mapping=data)  # type: ignore[arg-type]
-                pipe.rpush(queue_key, *data)
-                wake = wake_key(namespace, queue_name)
-                pipe.lpush(wake, *([1] * min(len(data), tokens)))
-                pipe.ltrim(wake, 0, tokens - 1)
-            await pipe.execute()
+        for queue_name, queued in by_queue.items():
+            words += (f"{namespace}:{queue_name}", wake_key(namespace, queue_name), len(queued))
+            for each in queued:
+                words += (each.redis_message_id, each.data)
+        await self.script(args=words)

@@ -57,7 +57,7 @@ REDACTED = "[redacted]"
 
 #: Every shape above contains one of these; a string without any is left as it is
 #: without running the (much slower) expression over it.
-_SHAPE_MARKERS = ("whsec_", "v1,", "sk-", "aiw_", "eyJ", "://")
+_SHAPE_MARKERS = re.compile("whsec_|v1,|sk-|aiw_|eyJ|://")
 
 
 # Tuples, not `X | Y`: a union written in a function is built anew at every call.
@@ -68,10 +68,9 @@ _MAY_HOLD_SECRETS = (str, dict, list, tuple)
 def redact(value: Any) -> Any:
     """Return `value` with every secret in it replaced by a marker."""
     if isinstance(value, str):
-        for marker in _SHAPE_MARKERS:
-            if marker in value:
-                return SECRET_SHAPES.sub(REDACTED, value)
-        return value
+        if _SHAPE_MARKERS.search(value) is None:
+            return value
+        return SECRET_SHAPES.sub(REDACTED, value)
     if isinstance(value, dict):
         return {
             k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()
@@ -87,6 +86,10 @@ def _redact_event(
     for key, value in event_dict.items():
         if key.lower() in SECRET_KEYS:
             event_dict[key] = REDACTED
+        # A plain str first: nearly every value is one, and most hold no marker.
+        elif type(value) is str:
+            if _SHAPE_MARKERS.search(value) is not None:
+                event_dict[key] = SECRET_SHAPES.sub(REDACTED, value)
         elif isinstance(value, _MAY_HOLD_SECRETS):
             event_dict[key] = redact(value)
     return event_dict
@@ -102,12 +105,11 @@ class _UtcTimestamp:
     def __call__(
         self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        now = time.time()
-        second = int(now)
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
         cached = self._cached  # one read: threads may replace it meanwhile
         if cached[0] != second:
-            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)))
-        event_dict["timestamp"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
+            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        event_dict["timestamp"] = f"{cached[1]}.{micros:06d}Z"
         return event_dict
 
 
