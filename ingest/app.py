@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.logs import configure_logging, get_logger
+from workers.logs import configure_logging, get_logger, request_logger
 from workers.settings import Settings
 
 from . import admin, chat, health, history, metrics, openapi, sse, webhooks
@@ -29,6 +29,7 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.log = request_logger("ingest")
         # A random prefix per process and a counter: unique, and far cheaper per
         # request than uuid4, which reads the kernel's random pool every time.
         self._prefix = secrets.token_hex(6)
@@ -68,8 +69,9 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             metrics.REQUESTS.observe(template, scope["method"], status, elapsed)
-            log.info(
+            self.log.info(
                 "request",
+                request_id=request_id,
                 method=scope["method"],
                 path=scope["path"],
                 status=status,

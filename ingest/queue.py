@@ -79,16 +79,23 @@ def _hooks_enqueue(broker: WakingRedisBroker) -> bool:
 
 class MessageIds:
     """Unique ids in uuid4's form without uuid4's cost, which reads the kernel's
-    random pool for every id: random bits once per process, then a counter."""
+    random pool for every id: random bits once per process, then a counter.
+
+    Each call gives a message its two ids, its own and the one RedisBroker adds
+    for each enqueue: the same counter under two random prefixes.
+    """
 
     def __init__(self) -> None:
-        random = uuid.uuid4().hex
-        # 8-4-4-4-12 like any uuid4, version and variant nibbles included.
-        self.prefix = f"{random[:8]}-{random[8:12]}-4{random[13:16]}-{random[16:20]}-"
+        self.message_prefix, self.redis_prefix = (
+            # 8-4-4-4-12 like any uuid4, version and variant nibbles included.
+            f"{random[:8]}-{random[8:12]}-4{random[13:16]}-{random[16:20]}-"
+            for random in (uuid.uuid4().hex, uuid.uuid4().hex)
+        )
         self.counter = itertools.count()
 
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter) & 0xFFFF_FFFF_FFFF:012x}"
+    def __call__(self) -> tuple[str, str]:
+        suffix = f"{next(self.counter) & 0xFFFF_FFFF_FFFF:012x}"
+        return self.message_prefix + suffix, self.redis_prefix + suffix
 
 
 def encode(fields: dict[str, Any]) -> bytes:
@@ -120,7 +127,7 @@ class Enqueuer:
         # Dramatiq's own middleware has no enqueue hooks: skip building the
         # Message and the two calls per middleware that would find that out.
         self.emits = _hooks_enqueue(broker)
-        self.new_id = MessageIds()
+        self.new_ids = MessageIds()
         self.script = redis.register_script(ENQUEUE_SCRIPT.read_text())
 
     async def send(
@@ -133,7 +140,7 @@ class Enqueuer:
         The commands `also` are written in the same transaction, just before the
         message: what the job's consumers need to find is there when they run.
         """
-        message_id, redis_message_id = self.new_id(), self.new_id()
+        message_id, redis_message_id = self.new_ids()
         # What Message(...).asdict() holds, in its order, with what RedisBroker.enqueue
         # adds: an id of its own for each enqueue.
         data = encode(

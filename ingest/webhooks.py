@@ -68,7 +68,7 @@ def verify(secret: str, body: bytes, headers: dict[str, str]) -> str:
             500, "webhook_secret_invalid", "The webhook secret on this server is not valid."
         ) from None
     try:
-        verifier.verify(text, {name: headers[name] for name in SVIX_HEADERS})
+        verifier.verify(text, headers)
     except WebhookVerificationError as error:
         raise BadWebhook(*_verification_failure(str(error))) from None
     except ValueError:
