@@ -91,14 +91,10 @@ def _verification_failure(reason: str) -> tuple[str, str]:
 
 
 def webhook_headers(scope: Scope) -> dict[str, str]:
-    """The Svix headers and content-length, "" when missing: one pass over the raw headers."""
-    headers = dict.fromkeys(_WANTED_HEADERS.values(), "")
+    """The Svix headers and content-length, "" when missing."""
     # Reversed, so that a repeated header's first value wins, as with Headers.get().
-    for key, value in reversed(scope["headers"]):
-        name = _WANTED_HEADERS.get(key)
-        if name:
-            headers[name] = value.decode("latin-1")
-    return headers
+    raw = dict(reversed(scope["headers"]))
+    return {name: raw.get(key, b"").decode("latin-1") for key, name in _WANTED_HEADERS.items()}
 
 
 async def read_body(receive: Receive, declared: str, limit: int = MAX_BODY_BYTES) -> bytes:
