@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -229,11 +230,36 @@ def pre_signed(count: int) -> Iterator[bytes]:
 # --- The three measurements ----------------------------------------------------
 
 
-def measure_http(stack: ExitStack, env: dict[str, str], seconds: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_http(
+    stack: ExitStack, env: dict[str, str], seconds: float, slice_s: float
+) -> dict[str, Any]:
+    """Webhooks answered per second by each server, in turns of `slice_s` seconds.
+
+    All three servers run at once and take turns under the same load until each
+    has had `seconds` of it. A machine whose speed drifts (a shared VM's does, by
+    a third within a minute) then slows every server alike, where back-to-back
+    runs would hand the drift to whichever ran in the slow spell. The ratio is
+    the median over turns of aiwrap's rate over bare Starlette's in the same turn.
+
+    No worker runs, so Redis is emptied after every turn: otherwise the queue would
+    grow by a hundred megabytes over the run, and Redis's rewrites of its
+    append-only file would take CPU from whichever server had the turn.
+    """
+    import redis
+
     from ingest.embedded import free_port
 
-    rates = {}
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    stack.callback(client.close)
+
     requests = pre_signed(20_000)
+    servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     # The last shows what ingest's one log line per request costs.
     for name, level in (
         ("bare_starlette", "INFO"),
@@ -248,12 +274,35 @@ def measure_http(stack: ExitStack, env: dict[str, str], seconds: float) -> dict[
         process = spawn(stack, cmd, {**env, "AIWRAP_LOG_LEVEL": level})
         wait_for_port(port, process)
         asyncio.run(load(port, requests, 1.0))  # warm up
-        rate, statuses = asyncio.run(load(port, requests, seconds))
-        assert set(statuses) == {200}, f"{name} answered {dict(statuses)}"
-        rates[name] = rate
+        client.flushdb()
+        servers[name] = (port, process)
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    answered = dict.fromkeys(servers, 0.0)
+    cpu = dict.fromkeys(servers, 0.0)
+    for _ in range(max(1, round(seconds / slice_s))):
+        for name, (port, process) in servers.items():
+            before = cpu_seconds(process.pid)
+            rate, statuses = asyncio.run(load(port, requests, slice_s))
+            cpu[name] += cpu_seconds(process.pid) - before
+            assert set(statuses) == {200}, f"{name} answered {dict(statuses)}"
+            rates[name].append(rate)
+            answered[name] += sum(statuses.values())
+            client.flushdb()
+    for _, process in servers.values():
         process.send_signal(signal.SIGTERM)
         process.wait(15)
-    return rates
+    ratios = [
+        ours / bare
+        for ours, bare in zip(rates["aiwrap_ingest"], rates["bare_starlette"], strict=True)
+    ]
+    return {
+        **{name: round(statistics.median(each)) for name, each in rates.items()},
+        "ratio": round(statistics.median(ratios), 2),
+        "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
+        "cpu_us_per_request": {name: round(1e6 * cpu[name] / answered[name]) for name in servers},
+        "turns": len(ratios),
+        "connections": CONNECTIONS,
+    }
 
 
 def preload(broker: Any, queue: str, actor_name: str, count: int) -> None:
@@ -393,7 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="per HTTP measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="of load per server, HTTP measurement"
+    )
+    parser.add_argument(
+        "--slice", type=float, default=1.0, help="seconds per turn, HTTP measurement"
+    )
     parser.add_argument("--events", type=int, default=10_000, help="per worker measurement")
     parser.add_argument("--samples", type=int, default=25, help="idle latency samples")
     parser.add_argument(
@@ -431,12 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             "log_level": env["AIWRAP_LOG_LEVEL"],
         }
         if args.only in (None, "http"):
-            http = measure_http(stack, env, args.seconds)
-            report["webhooks_per_s"] = {
-                **{k: round(v) for k, v in http.items()},
-                "ratio": round(http["aiwrap_ingest"] / http["bare_starlette"], 2),
-                "connections": CONNECTIONS,
-            }
+            report["webhooks_per_s"] = measure_http(stack, env, args.seconds, args.slice)
             print(json.dumps(report["webhooks_per_s"]), flush=True)
         if args.only in (None, "worker"):
             worker = measure_worker(stack, env, args.events, args.threads)

@@ -29,7 +29,7 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.log = request_logger("ingest")
+        self.log, self.flush_log = request_logger("ingest")
         # A random prefix per process and a counter: unique, and far cheaper per
         # request than uuid4, which reads the kernel's random pool every time.
         self._prefix = secrets.token_hex(6)
@@ -40,7 +40,10 @@ class RequestContext:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.flush_log()  # at the lifespan's end, the last requests' lines
             return
         request_id = ""
         for key, value in scope["headers"]:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import pytest
 import structlog
 
+from ingest.app import create_app
 from workers.logs import configure_logging, get_logger
+from workers.settings import Settings
+
+from .support import ServerThread
 
 SECRETS = [
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -73,3 +78,40 @@ def test_database_url_passwords_are_redacted(
     output = capsys.readouterr().err
     assert "hunter2" not in output
     assert "db:5432/app" in output
+
+
+def test_ingest_writes_one_line_per_request_carrying_its_id(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as client:
+        given = client.get("/healthz", headers={"x-request-id": "req-from-caller"})
+        generated = client.get("/healthz")
+        missing = client.get("/no/such/route?token=sk-abcdefghijklmnop")
+    assert given.headers["x-request-id"] == "req-from-caller"
+    assert generated.headers["x-request-id"] not in ("", "req-from-caller")
+    # Written in batches, one write per event-loop turn: all there once the server stopped.
+    requests = [line for line in lines(capsys.readouterr().err) if line["event"] == "request"]
+    assert [(line["request_id"], line["path"], line["status"]) for line in requests] == [
+        ("req-from-caller", "/healthz", 200),
+        (generated.headers["x-request-id"], "/healthz", 200),
+        (missing.headers["x-request-id"], "/no/such/route", 404),
+    ]
+    for line in requests:
+        assert line["logger"] == "ingest"
+        assert line["level"] == "info"
+        assert line["method"] == "GET"
+        assert isinstance(line["duration_ms"], float)
+        assert line["timestamp"].endswith("Z")
+
+
+def test_request_ids_from_callers_are_redacted_and_bounded(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as client:
+        client.get("/healthz", headers={"x-request-id": "sk-proj-abcdefghijklmnop"})
+        client.get("/healthz", headers={"x-request-id": "r" * 500})
+    output = capsys.readouterr().err
+    assert "sk-proj-abcdefghijklmnop" not in output
+    [redacted, long] = [line for line in lines(output) if line["event"] == "request"]
+    assert redacted["request_id"] == "[redacted]"
+    assert long["request_id"] == "r" * 64
