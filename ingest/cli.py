@@ -33,6 +33,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     # collection, each of which would otherwise stop ingest for about 0.1 s.
     gc.collect()
     gc.freeze()
+    # A young generation ten times the default: a request allocates a few hundred
+    # objects and frees nearly all of them itself, so most collections would only
+    # traverse the requests in flight to find nothing to free.
+    gc.set_threshold(7_000, 10, 10)
     uvicorn.run(
         create_app,
         factory=True,
