@@ -18,17 +18,27 @@ for _ = 1, tonumber(ARGV[2]) do
   redis.call(unpack(ARGV, i + 1, i + n_words))
   i = i + 1 + n_words
 end
+-- Lua passes at most a few thousand values to one call: unpack in slices.
+local SLICE = 500
 while i <= #ARGV do
   local queue_key, wake_key, n_messages = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
-  for _ = 1, n_messages do
-    redis.call("HSET", queue_key .. ".msgs", ARGV[i], ARGV[i + 1])
-    redis.call("RPUSH", queue_key, ARGV[i])
-    i = i + 2
+  local ids = {}
+  for first = 0, n_messages - 1, SLICE do
+    local last = math.min(first + SLICE, n_messages) - 1
+    -- (redis_message_id, data) pairs, straight from ARGV, into the hash.
+    redis.call("HSET", queue_key .. ".msgs", unpack(ARGV, i + 2 * first, i + 2 * last + 1))
+    for k = first, last do
+      ids[k - first + 1] = ARGV[i + 2 * k]
+    end
+    redis.call("RPUSH", queue_key, unpack(ids, 1, last - first + 1))
   end
-  for _ = 1, math.min(n_messages, max_tokens) do
-    redis.call("LPUSH", wake_key, 1)
+  i = i + 2 * n_messages
+  local tokens = {}
+  for k = 1, math.min(n_messages, max_tokens) do
+    tokens[k] = 1
   end
+  redis.call("LPUSH", wake_key, unpack(tokens))
   redis.call("LTRIM", wake_key, 0, max_tokens - 1)
 end
 return redis.status_reply("OK")
