@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.logs import configure_logging, get_logger, request_logger
+from workers.logs import TurnLog, configure_logging, get_logger
 from workers.settings import Settings
 
 from . import admin, chat, health, history, metrics, openapi, sse, webhooks
@@ -29,7 +29,7 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.log, self.flush_log = request_logger("ingest")
+        self.log = TurnLog("ingest")
         # A random prefix per process and a counter: unique, and far cheaper per
         # request than uuid4, which reads the kernel's random pool every time.
         self._prefix = secrets.token_hex(6)
@@ -43,7 +43,7 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send)
             finally:
-                self.flush_log()  # at the lifespan's end, the last requests' lines
+                self.log.flush()  # at the lifespan's end, the last requests' lines
             return
         request_id = ""
         for key, value in scope["headers"]:

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -155,59 +155,6 @@ class _StderrLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-class _TurnBufferedLogger:
-    """Renders and writes the lines logged during one event-loop turn together.
-
-    structlog hands it each line's event dict as it is (the chain in front of it
-    has no processors). The first line of a turn asks the loop to call flush once
-    the turn's callbacks have run, which runs `processors` over every line held
-    and writes them all in one write: a line reaches the output within a turn
-    (well under a millisecond while serving), and a few thousand lines a second
-    cost one write a turn, rendered in one tight loop, instead of one each. For
-    ingest's line per request. Without a running loop it writes at once. Only the
-    loop's own thread may log through it.
-    """
-
-    def __init__(self, name: str, processors: Sequence[structlog.types.Processor]) -> None:
-        self.name = name
-        self.output = _StderrLogger(name)
-        self.processors = processors
-        self.held: list[tuple[str, dict[str, Any]]] = []
-
-    def keep(self, method_name: str, event_dict: dict[str, Any]) -> None:
-        self.held.append((method_name, event_dict))
-        if len(self.held) > 1:
-            return
-        try:
-            asyncio.get_running_loop().call_soon(self.flush)
-        except RuntimeError:  # no running loop
-            self.flush()
-
-    def flush(self) -> None:
-        held, self.held = self.held, []
-        lines = []
-        for method_name, event_dict in held:
-            line: Any = event_dict
-            for processor in self.processors:
-                line = processor(self, method_name, line)
-            lines.append(line)
-        if lines:
-            self.output.msg("\n".join(lines))
-
-    # structlog calls the method named for the line's level with its event dict.
-    def debug(self, **event_dict: Any) -> None:
-        self.keep("debug", event_dict)
-
-    def info(self, **event_dict: Any) -> None:
-        self.keep("info", event_dict)
-
-    def warning(self, **event_dict: Any) -> None:
-        self.keep("warning", event_dict)
-
-    def error(self, **event_dict: Any) -> None:
-        self.keep("error", event_dict)
-
-
 def _stderr_logger(name: str = "aiwrap", *_args: Any) -> _StderrLogger:
     return _StderrLogger(name)
 
@@ -302,24 +249,53 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     return logger
 
 
-def request_logger(name: str) -> tuple[structlog.typing.FilteringBoundLogger, Callable[[], None]]:
-    """Return a logger for a line written once per request, shaped as get_logger's are,
-    and the function that writes what it holds.
+class TurnLog:
+    """A log for a line written so often that handling each line as it comes would
+    cost more than the work it records: ingest's line per request.
 
-    Since ingest writes such a line for every request, its chain is shorter (no
-    contextvars to merge: the caller passes the request id itself; no exception to
-    format; the logger's name bound once), and the lines of one event-loop turn go
-    out in one write (_TurnBufferedLogger). Call configure_logging first: this
-    logger keeps the format and level it finds. Log through it from the event
-    loop's thread only.
+    `info(event, **fields)` only keeps the line. The first line of an event-loop
+    turn asks the loop to call `flush` once the turn's callbacks have run: flush
+    runs every line kept through the processors all other lines go through
+    (redaction, level, timestamp, the configured renderer) in one tight loop, and
+    writes them in one write. A line reaches the output within a turn, well under
+    a millisecond while serving. No contextvars are merged into it: the caller
+    passes what the line should carry. Without a running loop it writes at once.
+    Only the loop's own thread may log through it. Call configure_logging first:
+    a TurnLog keeps the format and level it finds.
     """
-    level = _configured[1] if _configured else "INFO"
-    output = _TurnBufferedLogger(
-        name, [_redact_event, structlog.processors.add_log_level, _UtcTimestamp(), _renderer]
-    )
-    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
-        output,
-        processors=[],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
-    ).bind(logger=name)
-    return logger, output.flush
+
+    def __init__(self, name: str) -> None:
+        level = _configured[1] if _configured else "INFO"
+        self.enabled = logging.getLevelNamesMapping()[level] <= logging.INFO
+        self.name = name
+        self.output = _StderrLogger(name)
+        self.processors: list[structlog.types.Processor] = [
+            _redact_event,
+            structlog.processors.add_log_level,
+            _UtcTimestamp(),
+            _renderer,
+        ]
+        self.held: list[dict[str, Any]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        fields["event"] = event
+        self.held.append(fields)
+        if len(self.held) > 1:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:  # no running loop
+            self.flush()
+
+    def flush(self) -> None:
+        held, self.held = self.held, []
+        lines = []
+        for fields in held:
+            line: Any = {"logger": self.name, **fields}
+            for processor in self.processors:
+                line = processor(self.output, "info", line)
+            lines.append(line)
+        if lines:
+            self.output.msg("\n".join(lines))
