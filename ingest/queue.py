@@ -4,10 +4,11 @@ The broker's own `enqueue` is synchronous and makes two Redis round trips per
 message (the Lua dispatch, then the wake-up). Calling it from a route would
 block the event loop, and hopping to a thread for it caps one ingest process
 at a few hundred requests a second. The Enqueuer writes what Dramatiq's
-dispatch script writes for an enqueue with the async Redis client instead, and
-batches: while one batch is in flight, the messages that arrive meanwhile wait
-for the next, so an idle system sends at once and a busy one sends many
-requests in one round trip. Each caller returns only once Redis has its message.
+dispatch script writes for an enqueue with the async Redis client instead (one
+call of enqueue.lua per batch), and batches: while one batch is in flight, the
+messages that arrive meanwhile wait for the next, so an idle system sends at
+once and a busy one sends many requests in one round trip. Each caller's future
+is done only once Redis has its message.
 """
 
 from __future__ import annotations
