@@ -147,10 +147,10 @@ def parse_event(text: str) -> dict[str, Any]:
 class ClerkWebhookRoute:
     """The route, as a plain ASGI app rather than a Request-to-Response function.
 
-    It is ingest's busiest route, and the Request, the exception wrapper and the
-    JSONResponse that Starlette builds around such a function cost more than
-    verifying the signature does. Errors are raised as ApiError all the same,
-    and Starlette's exception middleware answers them.
+    It is ingest's busiest route, and the Request, the second exception wrapper and
+    the JSONResponse that Starlette builds around such a function are work it does
+    not need on every call. Errors are raised as ApiError all the same, and
+    Starlette's exception middleware answers them.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
