@@ -141,8 +141,8 @@ class Enqueuer:
         one frame fewer when Redis answers.
 
         An argument may be an `orjson.Fragment`: JSON text the actor receives decoded.
-        The commands `also` are written in the same transaction, just before the
-        message: what the job's consumers need to find is there when they run.
+        The commands `also` are written in the same atomic script call, just before
+        the message: what the job's consumers need to find is there when they run.
         """
         message_id, redis_message_id = self.new_ids()
         # What Message(...).asdict() holds, in its order, with what RedisBroker.enqueue

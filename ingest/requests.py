@@ -1,5 +1,6 @@
 """What every /v1 route does with its request: who is calling, the JSON body, the chat id
-in the path, a priced model, and Postgres or Redis outages answered as 503.
+in the path, a priced model, and Postgres or Redis outages answered as 503. The body
+reader with its size limit (read_body) serves the webhook route too.
 
 Errors are `{"error": {"code", "message"}}`; a message names the field and what is wrong
 with it. The ingest pool holds one connection, so each route takes it once, does all its
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,7 +20,8 @@ from typing import Any
 
 import psycopg
 import redis.exceptions
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from workers import metering
 
@@ -98,19 +100,41 @@ def chat_id(request: Request) -> str:
         raise NotFound() from None
 
 
+async def read_body(
+    receive: Receive, declared: str, limit: int, too_large: Callable[[], ApiError]
+) -> bytes:
+    """The request body, or too_large()'s error (a 413) as soon as it is known to exceed
+    `limit` bytes.
+
+    `declared` is the content-length header ("" when absent), which may be wrong.
+    """
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, refusing more than `limit` bytes before reading them."""
-    declared = request.headers.get("content-length", "")
-    too_large = ApiError(
-        413, "request_too_large", f"The request body is over the {limit}-byte limit."
+    body = await read_body(
+        request.receive,
+        request.headers.get("content-length", ""),
+        limit,
+        lambda: ApiError(
+            413, "request_too_large", f"The request body is over the {limit}-byte limit."
+        ),
     )
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 from svix.webhooks import Webhook, WebhookVerificationError
@@ -24,6 +23,7 @@ from workers.logs import get_logger
 
 from .errors import ApiError
 from .metrics import WEBHOOK_VERIFICATION_FAILURES
+from .requests import read_body
 from .state import IngestState
 
 log = get_logger(__name__)
@@ -97,30 +97,8 @@ def webhook_headers(scope: Scope) -> dict[str, str]:
     return {name: raw.get(key, b"").decode("latin-1") for key, name in _WANTED_HEADERS.items()}
 
 
-async def read_body(receive: Receive, declared: str, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, or a 413 as soon as it is known to exceed `limit` bytes.
-
-    `declared` is the content-length header, which may be absent or wrong.
-    """
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"The body is larger than {limit} bytes.")
+def _too_large() -> ApiError:
+    return ApiError(413, "body_too_large", f"The body is larger than {MAX_BODY_BYTES} bytes.")
 
 
 def parse_event(text: str) -> dict[str, Any]:
@@ -165,7 +143,7 @@ class ClerkWebhookRoute:
                 500, "webhook_secret_missing", "This server has no webhook secret configured."
             )
         headers = webhook_headers(scope)
-        body = await read_body(receive, headers["content-length"])
+        body = await read_body(receive, headers["content-length"], MAX_BODY_BYTES, _too_large)
         try:
             text = verify(secret, body, headers)
         except BadWebhook as error:
