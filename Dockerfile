@@ -15,9 +15,14 @@ RUN groupadd --system aiwrap \
 # packages (schema.sql included) live in site-packages.
 WORKDIR /src
 COPY pyproject.toml README.md schema.sql ./
+COPY requirements ./requirements
+COPY core ./core
 COPY ingest ./ingest
 COPY workers ./workers
-RUN pip install . && rm -rf /src
+COPY cli ./cli
+COPY devstack ./devstack
+# The locked versions, then aiwrap itself without resolving anything again.
+RUN pip install -r requirements/embedded.lock && pip install --no-deps . && rm -rf /src
 
 WORKDIR /home/aiwrap
 USER aiwrap

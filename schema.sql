@@ -99,134 +99,18 @@ BEGIN
 END
 $$;
 
--- Opening a chat's exchange, in one round trip (workers/chat.py): a job whose
--- row is finalised gets it back; a job back after a crash gets its open row
--- again, with the attempt counted; a new job provisions its user (never one
--- that was deleted), then is refused, or gets its row. The per-user advisory
--- lock is the identity actor's, so a concurrent user.deleted cannot interleave.
-CREATE OR REPLACE FUNCTION aiwrap_begin_chat(
-    p_id uuid, p_user_id text, p_model text, p_prompt text, p_metadata jsonb,
-    p_default_budget bigint, p_priced boolean, p_cancelled boolean,
-    p_month_start timestamptz, p_month_end timestamptz
-) RETURNS TABLE (
-    outcome text, completion text, status text, prompt_tokens integer,
-    completion_tokens integer, metadata jsonb
-) LANGUAGE plpgsql AS $$
-DECLARE
-    found_log prompt_logs%ROWTYPE;
-BEGIN
-    SELECT * INTO found_log FROM prompt_logs l WHERE l.id = p_id FOR UPDATE;
-    IF FOUND THEN
-        IF found_log.completion IS NOT NULL THEN
-            RETURN QUERY SELECT 'finished', found_log.completion, found_log.status,
-                                found_log.prompt_tokens, found_log.completion_tokens,
-                                found_log.metadata;
-            RETURN;
-        END IF;
-        UPDATE prompt_logs l
-           SET metadata = l.metadata || jsonb_build_object(
-                   'attempt', COALESCE((l.metadata->>'attempt')::int, 1) + 1)
-         WHERE l.id = p_id;
-        RETURN QUERY SELECT 'started', NULL::text, NULL::text, 0, 0, NULL::jsonb;
-        RETURN;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtext(p_user_id));
-    IF EXISTS (SELECT 1 FROM user_tombstones t WHERE t.user_id = p_user_id) THEN
-        RETURN QUERY SELECT 'user_deleted', NULL::text, NULL::text, 0, 0, NULL::jsonb;
-        RETURN;
-    END IF;
-    INSERT INTO "user" (id) VALUES (p_user_id) ON CONFLICT (id) DO NOTHING;
-    INSERT INTO user_profiles (user_id, monthly_token_budget)
-    VALUES (p_user_id, p_default_budget) ON CONFLICT (user_id) DO NOTHING;
-    IF p_cancelled THEN
-        RETURN QUERY SELECT 'cancelled', NULL::text, NULL::text, 0, 0, NULL::jsonb;
-        RETURN;
-    END IF;
-    IF NOT p_priced THEN
-        RETURN QUERY SELECT 'model_not_priced', NULL::text, NULL::text, 0, 0, NULL::jsonb;
-        RETURN;
-    END IF;
-    IF EXISTS (
-        SELECT 1 FROM user_profiles p
-         WHERE p.user_id = p_user_id AND p.monthly_token_budget > 0
-           AND COALESCE((SELECT sum(u.prompt_tokens + u.completion_tokens)
-                           FROM token_usage u
-                          WHERE u.user_id = p_user_id
-                            AND u.created_at >= p_month_start AND u.created_at < p_month_end), 0)
-               >= p.monthly_token_budget
-    ) THEN
-        RETURN QUERY SELECT 'budget_exceeded', NULL::text, NULL::text, 0, 0, NULL::jsonb;
-        RETURN;
-    END IF;
-    INSERT INTO prompt_logs (id, user_id, model, prompt, metadata)
-    VALUES (p_id, p_user_id, p_model, p_prompt, p_metadata);
-    RETURN QUERY SELECT 'started', NULL::text, NULL::text, 0, 0, NULL::jsonb;
-END
-$$;
+-- The PL/pgSQL and SQL functions are in core/sql/functions/, one file each; `aiwrap
+-- migrate` applies them after this file, in the same transaction.
 
--- Applying a group of Clerk events in one call (workers/identity.py): one round
--- trip per group, and plans cached in the server backend, which PgBouncer's
--- transaction mode allows, unlike prepared statements. `p_events` is a JSON
--- array of {kind, svix_id, user_id, at, email, first_name, last_name,
--- image_url, display_name}, kind 'changed' or 'deleted', `at` the event's
--- updated_at or deleted_at. One row comes back per event, in order.
-CREATE OR REPLACE FUNCTION aiwrap_apply_clerk_events(p_events jsonb, p_default_budget bigint)
-RETURNS TABLE (duplicate boolean, changed boolean)
-LANGUAGE plpgsql
--- Each statement looks up or writes one row by key: the generic plan is the
--- best plan, so skip the five custom plans Postgres would make first.
-SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-    ev record;
-BEGIN
-    -- The identity actor's per-user lock, for every user of the group in key
-    -- order: two groups that share users never wait on each other in a cycle.
-    -- The statements below each take a new snapshot, so they see everything
-    -- the locks' last holders committed.
-    PERFORM pg_advisory_xact_lock(k.key)
-       FROM (SELECT DISTINCT hashtext(e->>'user_id') AS key
-               FROM jsonb_array_elements(p_events) AS e ORDER BY 1) AS k;
-    FOR ev IN
-        SELECT * FROM ROWS FROM (jsonb_to_recordset(p_events) AS (
-                   kind text, svix_id text, user_id text, at timestamptz, email text,
-                   first_name text, last_name text, image_url text, display_name text
-               )) WITH ORDINALITY AS t
-         ORDER BY t.ordinality
-    LOOP
-        -- Only a new delivery acts, so a redelivery does nothing (the guards
-        -- below would make it a no-op anyway).
-        INSERT INTO clerk_deliveries (svix_id) VALUES (ev.svix_id) ON CONFLICT (svix_id) DO NOTHING;
-        duplicate := NOT FOUND;
-        changed := false;
-        IF duplicate THEN
-            NULL;
-        ELSIF ev.kind = 'deleted' THEN
-            DELETE FROM "user" AS u WHERE u.id = ev.user_id;
-            changed := FOUND;
-            INSERT INTO user_tombstones AS t (user_id, deleted_at) VALUES (ev.user_id, ev.at)
-            ON CONFLICT (user_id) DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at);
-        ELSIF NOT EXISTS (
-            SELECT 1 FROM user_tombstones AS t WHERE t.user_id = ev.user_id AND t.deleted_at >= ev.at
-        ) THEN
-            INSERT INTO "user" AS u (id, email, first_name, last_name, image_url, updated_at)
-            VALUES (ev.user_id, ev.email, ev.first_name, ev.last_name, ev.image_url, ev.at)
-            ON CONFLICT (id) DO UPDATE SET
-                email = EXCLUDED.email,
-                first_name = EXCLUDED.first_name,
-                last_name = EXCLUDED.last_name,
-                image_url = EXCLUDED.image_url,
-                updated_at = EXCLUDED.updated_at
-            WHERE u.updated_at IS NULL OR u.updated_at < EXCLUDED.updated_at;
-            changed := FOUND;
-            IF changed THEN
-                -- The first creation makes the profile; later events never reset it.
-                INSERT INTO user_profiles (user_id, display_name, monthly_token_budget)
-                VALUES (ev.user_id, ev.display_name, p_default_budget)
-                ON CONFLICT (user_id) DO NOTHING;
-            END IF;
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-END
-$$;
+-- An exchange as the API shows it (core/history.py). An in-flight row keeps status's
+-- default 'ok' with a NULL completion and metadata.state 'running'; this view reports
+-- it as 'running'. The cost is the exchange's one token_usage row, 0 before it is
+-- metered. `row_id` is the uuid, for keyset pagination; `id` is its text.
+CREATE OR REPLACE VIEW aiwrap_exchanges AS
+SELECT p.id::text AS id, p.created_at, p.model, p.prompt, p.completion,
+       CASE WHEN p.status = 'ok' AND p.completion IS NULL AND p.metadata->>'state' = 'running'
+            THEN 'running' ELSE p.status END AS status,
+       p.prompt_tokens, p.completion_tokens, COALESCE(u.cost_microcents, 0) AS cost_microcents,
+       p.latency_ms, p.metadata->>'finish_reason' AS finish_reason,
+       p.user_id, p.id AS row_id
+  FROM prompt_logs p LEFT JOIN token_usage u ON u.prompt_log_id = p.id;

@@ -155,7 +155,7 @@ async def sdk_alone(client: httpx.AsyncClient, model_url: str, count: int) -> li
     token, called as the worker calls it, one call a second."""
     import openai
 
-    from workers import upstream
+    from workers.chat import upstream
 
     results = []
     async with openai.AsyncOpenAI(
@@ -233,7 +233,7 @@ async def capacity(
     """
     import redis.asyncio as aioredis
 
-    from workers import streams
+    from core import streams
 
     async def start(i: int) -> str:
         reply = await client.post(
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from ingest.embedded import free_port
+    from devstack.embedded import free_port
 
     with ExitStack() as stack:
         env = stack.enter_context(services(stack))
@@ -395,19 +395,19 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-c",
-                f"from ingest.model_server import serve; serve('{HOST}', {model_port})",
+                f"from devstack.model_server import serve; serve('{HOST}', {model_port})",
             ],
             env,
         )
         ingest = spawn(
-            stack, [sys.executable, "-m", "ingest.cli", "ingest", "--port", str(ingest_port)], env
+            stack, [sys.executable, "-m", "cli", "ingest", "--port", str(ingest_port)], env
         )
         worker = spawn(
             stack,
             [
                 sys.executable,
                 "-m",
-                "ingest.cli",
+                "cli.main",
                 "worker",
                 "--processes",
                 "1",

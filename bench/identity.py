@@ -63,9 +63,9 @@ def run_worker(queue: str, threads: int) -> None:
     """One worker process as `aiwrap worker` runs it, on `queue` only."""
     import dramatiq
 
+    from core.logs import configure_logging
+    from core.settings import Settings
     from workers.broker import build_broker
-    from workers.logs import configure_logging
-    from workers.settings import Settings
     from workers.supervisor import WORKER_TIMEOUT_MS
 
     settings = Settings.from_env()
@@ -96,8 +96,8 @@ def run_worker(queue: str, threads: int) -> None:
 
 @contextmanager
 def services(stack: ExitStack) -> Iterator[dict[str, str]]:
-    from ingest.embedded import EmbeddedPostgres, EmbeddedRedis
-    from workers.schema import apply_schema
+    from core.migrate import apply_schema
+    from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 
     env = dict(os.environ)
     if not (env.get("DATABASE_URL") and env.get("REDIS_URL")):
@@ -147,13 +147,13 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 def created_event(user_id: str) -> dict[str, Any]:
-    from ingest.webhooks import sample_clerk_event
+    from devstack.clerk import sample_clerk_event
 
     return sample_clerk_event("user.created", user_id, int(time.time() * 1000))
 
 
 def signed_request(event: dict[str, Any]) -> bytes:
-    from ingest.webhooks import signed_request as sign
+    from devstack.clerk import signed_request as sign
 
     body, headers = sign(SECRET, event, f"msg_{uuid.uuid4().hex}")
     lines = [
@@ -253,7 +253,7 @@ def measure_http(
     """
     import redis
 
-    from ingest.embedded import free_port
+    from devstack.embedded import free_port
 
     client = redis.Redis.from_url(env["REDIS_URL"])
     stack.callback(client.close)
@@ -270,7 +270,7 @@ def measure_http(
         if name == "bare_starlette":
             cmd = [sys.executable, "-m", "bench.identity", "--bare-server", str(port)]
         else:
-            cmd = [sys.executable, "-m", "ingest.cli", "ingest", "--port", str(port)]
+            cmd = [sys.executable, "-m", "cli", "ingest", "--port", str(port)]
         process = spawn(stack, cmd, {**env, "AIWRAP_LOG_LEVEL": level})
         wait_for_port(port, process)
         asyncio.run(load(port, requests, 1.0))  # warm up
@@ -324,9 +324,10 @@ def preload(broker: Any, queue: str, actor_name: str, count: int) -> None:
 def measure_worker(
     stack: ExitStack, env: dict[str, str], count: int, threads: int
 ) -> dict[str, float]:
-    from workers.broker import IDENTITY_QUEUE, build_broker
-    from workers.identity import ACTOR_NAME
-    from workers.settings import Settings
+    from core.queues import APPLY_CLERK_EVENT as ACTOR_NAME
+    from core.queues import IDENTITY_QUEUE
+    from core.settings import Settings
+    from workers.broker import build_broker
 
     broker = build_broker(Settings.from_env(env))
     stack.callback(broker.close)
@@ -397,12 +398,12 @@ def probe_latencies(port: int, database_url: str, count: int, every: float) -> l
 def measure_latency(
     stack: ExitStack, env: dict[str, str], samples: int, load_rate: float
 ) -> dict[str, dict[str, float]]:
-    from ingest.embedded import free_port
-    from workers.broker import IDENTITY_QUEUE
+    from core.queues import IDENTITY_QUEUE
+    from devstack.embedded import free_port
 
     port = free_port()
-    ingest = spawn(stack, [sys.executable, "-m", "ingest.cli", "ingest", "--port", str(port)], env)
-    spawn(stack, [sys.executable, "-m", "ingest.cli", "worker", "--processes", "1",
+    ingest = spawn(stack, [sys.executable, "-m", "cli", "ingest", "--port", str(port)], env)
+    spawn(stack, [sys.executable, "-m", "cli", "worker", "--processes", "1",
                   "--queues", IDENTITY_QUEUE], env)  # fmt: skip
     wait_for_port(port, ingest)
     probe_latencies(port, env["DATABASE_URL"], 3, 0.2)  # warm up both processes

@@ -14,11 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.logs import TurnLog, configure_logging, get_logger
-from workers.settings import Settings
+from core.errors import InvalidInput
+from core.logs import TurnLog, configure_logging, get_logger
+from core.settings import Settings
 
 from . import admin, chat, health, history, metrics, openapi, sse, webhooks
-from .errors import ApiError, handle_api_error, handle_http_exception
+from .errors import ApiError, handle_api_error, handle_http_exception, handle_invalid_input
 from .state import IngestState
 
 log = get_logger("ingest")
@@ -122,6 +123,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin.routes,
         ],
         middleware=[Middleware(RequestContext)],
-        exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
+        exception_handlers={
+            ApiError: handle_api_error,
+            InvalidInput: handle_invalid_input,
+            HTTPException: handle_http_exception,
+        },
         lifespan=lifespan,
     )

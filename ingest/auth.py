@@ -16,30 +16,66 @@ Anything else is 401. A user whose Clerk account was deleted (tombstoned) is 403
 from __future__ import annotations
 
 import hmac
-import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import Request
 
-from workers.identity import is_tombstoned
-from workers.logs import get_logger
-from workers.settings import Settings
+from core.jobs import USER_ID
+from core.logs import get_logger
+from core.settings import Settings
+from core.users import is_tombstoned
 
 from .errors import ApiError
 
 log = get_logger(__name__)
 
+#: The ways of calling, as the OpenAPI document names them (its securitySchemes).
+SCHEMES: Final = {
+    "clerkSession": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A Clerk session JWT, verified offline against CLERK_JWT_KEY: RS256 "
+        "only, exp/nbf with 5 s of leeway, azp one of CLERK_AUTHORIZED_PARTIES when set. "
+        "The user is its `sub`.",
+    },
+    "serviceKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of AIWRAP_API_KEYS, for a trusted backend. On user routes it "
+        "must be sent with `X-User-Id` (userId).",
+    },
+    "userId": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-User-Id",
+        "description": "The Clerk user a service key acts for.",
+    },
+    "sessionCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "__session",
+        "description": "Clerk's session cookie (the same JWT), for EventSource; the SSE "
+        "route only.",
+    },
+}
+#: Who may call a route: anyone; a user (a session, or a service key naming one); a
+#: user, by cookie too (the SSE route); a service key alone.
+Requirement = tuple[dict[str, list[str]], ...]
+ANYONE: Final[Requirement] = ()
+USER: Final[Requirement] = ({"clerkSession": []}, {"serviceKey": [], "userId": []})
+USER_OR_COOKIE: Final[Requirement] = (*USER, {"sessionCookie": []})
+SERVICE: Final[Requirement] = ({"serviceKey": []},)
+
 #: Seconds of clock skew tolerated on `exp` and `nbf`.
 LEEWAY_S = 5
 #: Clerk's session cookie, which holds the same JWT as the Authorization header.
 SESSION_COOKIE = "__session"
-#: Clerk user ids are short ASCII (`user_...`); anything else in X-User-Id is a mistake.
-USER_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 
 @dataclass(frozen=True)

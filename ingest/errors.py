@@ -9,7 +9,12 @@ from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from core.errors import InvalidInput
+
+from .bodies import ErrorBody, ErrorDetail
+from .responses import BodyResponse
 
 
 class ApiError(Exception):
@@ -27,15 +32,19 @@ class ApiError(Exception):
 
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+) -> Response:
+    return BodyResponse(ErrorBody(ErrorDetail(code, message)), status, headers)
 
 
 async def handle_api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def handle_invalid_input(_request: Request, exc: Exception) -> Response:
+    """A field of the request that is missing, malformed or out of range: a 400 naming it."""
+    assert isinstance(exc, InvalidInput)
+    return error_response(400, exc.code, str(exc))
 
 
 async def handle_http_exception(_request: Request, exc: Exception) -> Response:

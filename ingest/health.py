@@ -5,20 +5,39 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from .bodies import Alive, Readiness
+from .openapi import Answer, Operation, documented
+from .responses import BodyResponse
 from .state import IngestState
 
 #: Seconds each readiness probe may take before it counts as failed.
 PROBE_TIMEOUT_S = 2.0
 
 
-async def healthz(_request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+@documented(
+    Operation("healthz", "operations", "Liveness", [Answer(200, "The process answers.", Alive)])
+)
+async def healthz(_request: Request) -> Response:
+    """Touches nothing else: for a liveness probe."""
+    return BodyResponse(Alive(status="ok"))
 
 
-async def readyz(request: Request) -> JSONResponse:
+@documented(
+    Operation(
+        "readyz",
+        "operations",
+        "Readiness",
+        [
+            Answer(200, "Redis and Postgres answer.", Readiness),
+            Answer(503, "Redis or Postgres does not answer; checks says which.", Readiness),
+        ],
+    )
+)
+async def readyz(request: Request) -> Response:
+    """Pings Redis and Postgres at once, each within 2 s."""
     state = IngestState.of(request)
     checks = {"redis": state.ping_redis(), "postgres": state.ping_postgres()}
     results = await asyncio.gather(
@@ -30,11 +49,11 @@ async def readyz(request: Request) -> JSONResponse:
         for name, result in zip(checks, results, strict=True)
         if isinstance(result, BaseException)
     }
-    body = {name: failures.get(name, "ok") for name in checks}
-    status = 200 if not failures else 503
-    return JSONResponse(
-        {"status": "ready" if not failures else "unavailable", "checks": body}, status_code=status
+    body = Readiness(
+        status="ready" if not failures else "unavailable",
+        checks={name: failures.get(name, "ok") for name in checks},
     )
+    return BodyResponse(body, 200 if not failures else 503)
 
 
-routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz)]

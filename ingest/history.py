@@ -2,7 +2,7 @@
 
 History is keyset-paginated on idx_log_user_time: `next_before` is an opaque cursor for
 the last row of a page, and passing it back as `before` gives the next page, with no
-overlap and no gap even when rows share a timestamp. The SQL is workers/history.py's.
+overlap and no gap even when rows share a timestamp. The SQL is core/history.py's.
 """
 
 from __future__ import annotations
@@ -15,13 +15,27 @@ from datetime import datetime
 from typing import Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from workers import history, metering
+from core import history, metering
+from core.errors import InvalidInput
 
+from . import auth
 from .auth import ensure_active, require_user
-from .requests import InvalidInput, caller, database, exchange_json
+from .bodies import ExchangeSummary, HistoryPage, ModelUsage, Usage
+from .openapi import (
+    DATABASE_DOWN,
+    UNAUTHENTICATED,
+    USER_DELETED,
+    Answer,
+    Operation,
+    Parameter,
+    documented,
+    failure,
+)
+from .requests import caller, database, exchange_fields
+from .responses import BodyResponse
 from .state import IngestState
 
 DEFAULT_PAGE: Final = 20
@@ -42,7 +56,30 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("before", "not a cursor this server issued (use next_before).") from None
 
 
+@documented(
+    Operation(
+        "listChats",
+        "history",
+        "The caller's chats, newest first",
+        security=auth.USER,
+        parameters=[
+            Parameter(
+                "limit", "query", f"Chats per page, 1 to {MAX_PAGE} (default {DEFAULT_PAGE}).", int
+            ),
+            Parameter("before", "query", "The next_before of the previous page.", str),
+        ],
+        answers=[
+            Answer(200, "A page; next_before is null on the last.", HistoryPage),
+            failure(400, "limit or before is not valid.", "invalid_request"),
+            UNAUTHENTICATED,
+            USER_DELETED,
+            DATABASE_DOWN,
+        ],
+    )
+)
 async def list_chats(request: Request) -> Response:
+    """Keyset-paginated: pass next_before back as before for the next page, with no
+    overlap and no gap even when chats share a timestamp."""
     state = IngestState.of(request)
     user_id = require_user(caller(request))
     raw_limit = request.query_params.get("limit", str(DEFAULT_PAGE))
@@ -59,27 +96,44 @@ async def list_chats(request: Request) -> Response:
     next_before = (
         encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
     )
-    return JSONResponse({"items": [exchange_json(r) for r in page], "next_before": next_before})
+    return BodyResponse(
+        HistoryPage(
+            items=[ExchangeSummary(**exchange_fields(r)) for r in page], next_before=next_before
+        )
+    )
 
 
+@documented(
+    Operation(
+        "getUsage",
+        "history",
+        "This month's usage against the budget",
+        security=auth.USER,
+        answers=[
+            Answer(200, "Tokens and cost this UTC month, by model.", Usage),
+            UNAUTHENTICATED,
+            USER_DELETED,
+            DATABASE_DOWN,
+        ],
+    )
+)
 async def usage(request: Request) -> Response:
+    """Costs are integers in micro-cents (a millionth of a cent); remaining is null when
+    there is no cap."""
     state = IngestState.of(request)
     user_id = require_user(caller(request))
     async with database(state) as conn:
         await ensure_active(conn, user_id)
         month = await metering.month_usage(conn, user_id)
-    return JSONResponse(
-        {
-            "month": month.month,
-            "tokens_used": month.tokens_used,
-            "monthly_token_budget": month.monthly_token_budget,
-            "remaining": month.remaining,
-            "cost_microcents": month.cost_microcents,
-            "by_model": [
-                {"model": m.model, "tokens": m.tokens, "cost_microcents": m.cost_microcents}
-                for m in month.by_model
-            ],
-        }
+    return BodyResponse(
+        Usage(
+            month=month.month,
+            tokens_used=month.tokens_used,
+            monthly_token_budget=month.monthly_token_budget,
+            remaining=month.remaining,
+            cost_microcents=month.cost_microcents,
+            by_model=[ModelUsage(m.model, m.tokens, m.cost_microcents) for m in month.by_model],
+        )
     )
 
 

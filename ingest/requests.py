@@ -1,6 +1,6 @@
-"""What every /v1 route does with its request: who is calling, the JSON body, the chat id
-in the path, a priced model, and Postgres or Redis outages answered as 503. The body
-reader with its size limit (read_body) serves the webhook route too.
+"""What every /v1 route does with its request: who is calling, the body as its typed
+model, the chat id in the path, a priced model, and Postgres or Redis outages answered
+as 503. The body reader with its size limit (read_body) serves the webhook route too.
 
 Errors are `{"error": {"code", "message"}}`; a message names the field and what is wrong
 with it. The ingest pool holds one connection, so each route takes it once, does all its
@@ -9,32 +9,26 @@ reads in one go, and gives it back before any Redis I/O.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import psycopg
-import redis.exceptions
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
-from workers import metering
+from core import jobs, metering
+from core.errors import InvalidInput
+from core.faults import is_transient
 
 from .auth import Caller, authenticate
 from .errors import ApiError
 from .state import IngestState
 
-
-class InvalidInput(ApiError):
-    """A request field is missing, malformed or out of range."""
-
-    def __init__(self, field: str, why: str, code: str = "invalid_request") -> None:
-        super().__init__(400, code, f"{field}: {why}")
+T = TypeVar("T")
 
 
 class NotFound(ApiError):
@@ -50,7 +44,9 @@ async def database(state: IngestState) -> AsyncIterator[Any]:
     try:
         async with state.pool.connection() as conn:
             yield conn
-    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+    except Exception as error:
+        if not is_transient(error):
+            raise
         raise ApiError(
             503,
             "database_unavailable",
@@ -64,7 +60,9 @@ def redis_errors() -> Iterator[None]:
     """A Redis outage answered as 503."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+    except Exception as error:
+        if not is_transient(error):
+            raise
         raise ApiError(
             503,
             "redis_unavailable",
@@ -125,8 +123,8 @@ async def read_body(
             return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refusing more than `limit` bytes before reading them."""
+async def read_model(request: Request, model: type[T], limit: int) -> T:
+    """The body as a `model`, refusing more than `limit` bytes before reading them."""
     body = await read_body(
         request.receive,
         request.headers.get("content-length", ""),
@@ -136,24 +134,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         ),
     )
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        return jobs.decode(model, body)
+    except ValueError:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
-    return value
-
-
-def reject_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
-    """Refuse a field the route does not take, rather than silently ignore a typo."""
-    for name in body:
-        if name not in known:
-            raise InvalidInput(name, f"unknown field; this route takes {', '.join(sorted(known))}.")
-
-
-def is_int(value: Any) -> bool:
-    """An integer, and not a bool (which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def iso(value: datetime) -> str:
@@ -169,6 +152,6 @@ def iso_text(value: str) -> str:
         return value
 
 
-def exchange_json(row: dict[str, Any]) -> dict[str, Any]:
-    """An exchange row of workers/history.py as the API shows it."""
+def exchange_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """An exchange row of core/history.py, its time in this API's form."""
     return {**row, "created_at": iso(row["created_at"])}

@@ -21,11 +21,24 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from workers import streams
+from core import streams
+from core.errors import InvalidInput
 
+from . import auth
 from .auth import ensure_active, require_user
-from .chat import find_exchange
-from .requests import InvalidInput, NotFound, caller, chat_id, database, redis_errors
+from .bodies import EVENT_ID_PATTERN, EventId, Exchange, SseDelta, SseDone, SseError
+from .chat import CHAT_ID, find_exchange
+from .openapi import (
+    NO_SUCH_CHAT,
+    UNAUTHENTICATED,
+    USER_DELETED,
+    Answer,
+    Operation,
+    Parameter,
+    documented,
+    failure,
+)
+from .requests import NotFound, caller, chat_id, database, redis_errors
 from .state import IngestState
 
 #: How long one XREAD waits before the stream sends a keepalive comment. Well under the
@@ -35,7 +48,7 @@ KEEPALIVE_MS: Final = 5000
 MAX_STREAM_S: Final = 3600
 #: Tells EventSource to reconnect after this many milliseconds.
 RETRY_MS: Final = 1000
-STREAM_ID: Final = re.compile(r"\d{1,20}-\d{1,20}")
+STREAM_ID: Final = re.compile(EVENT_ID_PATTERN)
 SSE_HEADERS: Final = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # nginx: pass each event through as it is written
@@ -62,7 +75,63 @@ def resume_point(request: Request) -> str:
     return raw.strip()
 
 
+@documented(
+    Operation(
+        "streamChat",
+        "chat",
+        "A chat's answer as Server-Sent Events",
+        security=auth.USER_OR_COOKIE,
+        parameters=[
+            CHAT_ID,
+            Parameter(
+                "Last-Event-ID",
+                "header",
+                "The id of the last event received; the stream resumes after it.",
+                EventId,
+            ),
+            Parameter(
+                "last_event_id",
+                "query",
+                "The same, for clients that cannot set headers (the header wins).",
+                EventId,
+            ),
+        ],
+        answers=[
+            Answer(
+                200,
+                "The stream starts with `retry: 1000`, then carries `event: delta` for each "
+                "piece of text and ends with exactly one `event: done` or `event: error`. "
+                "Each event's `data:` is one line of JSON (see `x-events`). Comment lines "
+                "(`: keepalive`) keep an idle connection open. An `error` without an `id:` "
+                "(`stream_unavailable`) means the stream broke: reconnect to resume.",
+                media_type="text/event-stream",
+                headers={"Cache-Control": {"schema": {"type": "string"}}},
+                events={"delta": SseDelta, "done": SseDone, "error": SseError},
+                example=(
+                    "retry: 1000\n\nid: 1718000000000-0\nevent: delta\n"
+                    'data: {"content":"Hello"}\n\nid: 1718000000001-0\nevent: done\n'
+                    'data: {"status":"ok","finish_reason":"stop","prompt_tokens":9,'
+                    '"completion_tokens":2,"cost_microcents":255}\n\n'
+                ),
+            ),
+            failure(400, "Last-Event-ID is not an event id.", "invalid_request"),
+            UNAUTHENTICATED,
+            USER_DELETED,
+            NO_SUCH_CHAT,
+            failure(
+                503,
+                "Redis or Postgres is unavailable.",
+                "redis_unavailable",
+                "database_unavailable",
+            ),
+        ],
+    )
+)
 async def stream_chat(request: Request) -> Response:
+    """Works with the browser's EventSource, which sends Clerk's `__session` cookie (this
+    route alone accepts it, being a read). Every event has an `id:`; reconnecting with
+    `Last-Event-ID` resumes with no gap and no repeat, and a client that connects after
+    the chat finished gets the whole answer."""
     state = IngestState.of(request)
     user_id = require_user(caller(request, allow_cookie=True))
     job_id = chat_id(request)
@@ -124,10 +193,10 @@ async def relay(state: IngestState, job_id: str, after: str) -> AsyncIterator[st
     # Reached only after MAX_STREAM_S: EventSource reconnects, resuming where this left off.
 
 
-async def replay(exchange: dict[str, Any], after: str) -> AsyncIterator[str]:
+async def replay(exchange: Exchange, after: str) -> AsyncIterator[str]:
     """A finished exchange from Postgres as SSE, for a client later than the stream's TTL."""
     yield f"retry: {RETRY_MS}\n\n"
-    if exchange["status"] not in streams.FINAL_STATUSES:
+    if exchange.status not in streams.FINAL_STATUSES:
         yield sse(
             streams.ERROR,
             {"code": "stream_expired", "message": "The chat's stream expired unfinished."},
@@ -140,10 +209,10 @@ async def replay(exchange: dict[str, Any], after: str) -> AsyncIterator[str]:
             {"code": "stream_expired", "message": "The stream expired; GET the chat for its text."},
         )
         return
-    if after == "0-0" and exchange["completion"]:
-        yield sse(streams.DELTA, {"content": exchange["completion"]}, REPLAY_TEXT_ID)
-    metadata = exchange.get("metadata") or {}
-    if exchange["status"] == "error":
+    if after == "0-0" and exchange.completion:
+        yield sse(streams.DELTA, {"content": exchange.completion}, REPLAY_TEXT_ID)
+    metadata = exchange.metadata or {}
+    if exchange.status == "error":
         error = metadata.get("error")
         error = error if isinstance(error, dict) else {}
         yield sse(
@@ -158,14 +227,11 @@ async def replay(exchange: dict[str, Any], after: str) -> AsyncIterator[str]:
     yield sse(
         streams.DONE,
         {
-            key: exchange[key]
-            for key in (
-                "status",
-                "finish_reason",
-                "prompt_tokens",
-                "completion_tokens",
-                "cost_microcents",
-            )
+            "status": exchange.status,
+            "finish_reason": exchange.finish_reason,
+            "prompt_tokens": exchange.prompt_tokens,
+            "completion_tokens": exchange.completion_tokens,
+            "cost_microcents": exchange.cost_microcents,
         },
         REPLAY_END_ID,
     )

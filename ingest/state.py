@@ -1,4 +1,4 @@
-"""What the ingest process holds open: broker, Redis client and database pool."""
+"""What the ingest process holds open: its Redis client, Enqueuer and database pool."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
-from workers.broker import WakingRedisBroker, build_broker
-from workers.db import make_pool
-from workers.settings import Settings
+from core.db import make_pool
+from core.settings import Settings
 
-from .queue import Enqueuer
+from .enqueue import Enqueuer
 
 
 @dataclass
@@ -21,25 +20,22 @@ class IngestState:
     """Per-process resources of the ingest app, built in its lifespan."""
 
     settings: Settings
-    broker: WakingRedisBroker
     redis: aioredis.Redis
     pool: AsyncConnectionPool[Any]
     enqueuer: Enqueuer
 
     @classmethod
     def build(cls, settings: Settings) -> IngestState:
-        broker = build_broker(settings)
         redis = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=10
         )
         return cls(
             settings=settings,
-            broker=broker,
             redis=redis,
             # Ingest reads one statement at a time; its one write (a profile) is a
-            # transaction of its own (workers/profiles.py).
+            # transaction of its own (core/users.py).
             pool=make_pool(settings.database_url, name="ingest", autocommit=True),
-            enqueuer=Enqueuer(broker, redis),
+            enqueuer=Enqueuer(redis),
         )
 
     @staticmethod
@@ -55,7 +51,6 @@ class IngestState:
     async def close(self) -> None:
         await self.pool.close()
         await self.redis.aclose()
-        self.broker.close()
 
     async def ping_redis(self) -> None:
         await self.redis.ping()

@@ -8,21 +8,24 @@ Svix deliver the event again later, so nothing is lost.
 from __future__ import annotations
 
 import functools
-import json
-from datetime import UTC, datetime
-from typing import Any
+from typing import Final
 
+import msgspec
 import orjson
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from workers.broker import IDENTITY_QUEUE
-from workers.identity import ACTOR_NAME, HANDLED_TYPES
-from workers.logs import get_logger
+from core import jobs
+from core.errors import InvalidInput
+from core.jobs import HANDLED_CLERK_EVENTS, ClerkEvent
+from core.logs import get_logger
+from core.queues import APPLY_CLERK_EVENT, IDENTITY_QUEUE
 
+from .bodies import WebhookIgnored, WebhookQueued
 from .errors import ApiError
 from .metrics import WEBHOOK_VERIFICATION_FAILURES
+from .openapi import Answer, Operation, Parameter, documented, failure
 from .requests import read_body
 from .state import IngestState
 
@@ -47,8 +50,8 @@ def _verifier(secret: str) -> Webhook:
     return Webhook(secret)
 
 
-def verify(secret: str, body: bytes, headers: dict[str, str]) -> str:
-    """Check the Svix signature and timestamp; return the body as text or raise BadWebhook."""
+def verify(secret: str, body: bytes, headers: dict[str, str]) -> None:
+    """Check the Svix signature and timestamp, or raise BadWebhook."""
     missing = [name for name in SVIX_HEADERS if not headers.get(name)]
     if missing:
         raise BadWebhook("missing_svix_headers", f"Missing Svix header(s): {', '.join(missing)}.")
@@ -77,7 +80,6 @@ def verify(secret: str, body: bytes, headers: dict[str, str]) -> str:
             "malformed_svix_headers",
             "The svix-signature header is not a list of `v1,<base64>` signatures.",
         ) from None
-    return text
 
 
 def _verification_failure(reason: str) -> tuple[str, str]:
@@ -101,25 +103,19 @@ def _too_large() -> ApiError:
     return ApiError(413, "body_too_large", f"The body is larger than {MAX_BODY_BYTES} bytes.")
 
 
-def parse_event(text: str) -> dict[str, Any]:
-    """The body as a Clerk event envelope, or BadWebhook."""
+def parse_event(body: bytes) -> ClerkEvent:
+    """The body as a Clerk event envelope (the identity job's, core/jobs.py), or BadWebhook."""
     try:
-        # Strict JSON (no NaN, no lone surrogates, nesting bounded), so that what
-        # is queued always encodes back to JSON the worker reads.
-        event = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        # Strict JSON, so that what is queued always encodes back to JSON the worker reads.
+        return jobs.decode(ClerkEvent, body, root="event")
+    except ValueError:
         raise BadWebhook("invalid_json", "The body is not JSON.") from None
-    if not (
-        isinstance(event, dict)
-        and isinstance(event.get("type"), str)
-        and isinstance(event.get("data"), dict)
-    ):
+    except InvalidInput:
         raise BadWebhook(
             "not_a_clerk_event",
             'The body is not a Clerk event: expected an object with a string "type" '
             'and an object "data".',
-        )
-    return event
+        ) from None
 
 
 class ClerkWebhookRoute:
@@ -145,25 +141,25 @@ class ClerkWebhookRoute:
         headers = webhook_headers(scope)
         body = await read_body(receive, headers["content-length"], MAX_BODY_BYTES, _too_large)
         try:
-            text = verify(secret, body, headers)
+            verify(secret, body, headers)
         except BadWebhook as error:
             WEBHOOK_VERIFICATION_FAILURES.labels(error.code).inc()
             raise
-        event_type = parse_event(text)["type"]
+        event_type = parse_event(body).type
         svix_id = headers["svix-id"]
-        if event_type not in HANDLED_TYPES:
-            await _answer(send, {"status": "ignored", "type": event_type})
+        if event_type not in HANDLED_CLERK_EVENTS:
+            await _answer(send, WebhookIgnored(status="ignored", type=event_type))
             return
         # The event goes on the queue as the text Clerk signed, which parse_event
         # found to be strict JSON: nothing to encode again, and no parsed copy held
         # while Redis answers.
-        await state.enqueuer.send(IDENTITY_QUEUE, ACTOR_NAME, svix_id, orjson.Fragment(body))
-        await _answer(send, {"status": "queued", "svix_id": svix_id})
+        await state.enqueuer.send(IDENTITY_QUEUE, APPLY_CLERK_EVENT, svix_id, orjson.Fragment(body))
+        await _answer(send, WebhookQueued(status="queued", svix_id=svix_id))
 
 
-async def _answer(send: Send, content: dict[str, str]) -> None:
-    """A 200 with `content` as JSON, as JSONResponse would send it."""
-    body = orjson.dumps(content)
+async def _answer(send: Send, content: WebhookQueued | WebhookIgnored) -> None:
+    """A 200 with `content` as JSON, as BodyResponse would send it."""
+    body = msgspec.json.encode(content)
     await send(
         {
             "type": "http.response.start",
@@ -177,66 +173,45 @@ async def _answer(send: Send, content: dict[str, str]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def sample_clerk_event(event_type: str, user_id: str, now_ms: int) -> dict[str, Any]:
-    """A Clerk event shaped like the ones Clerk sends, for trying a deployment by hand."""
-    envelope: dict[str, Any] = {
-        "object": "event",
-        "type": event_type,
-        "timestamp": now_ms,
-        "instance_id": "ins_aiwrap_sample",
-        "event_attributes": {
-            "http_request": {"client_ip": "127.0.0.1", "user_agent": "aiwrap send-webhook"}
-        },
-    }
-    if event_type == "user.deleted":
-        return {**envelope, "data": {"object": "user", "id": user_id, "deleted": True}}
-    email_id = f"idn_{user_id.removeprefix('user_')}"
-    return {
-        **envelope,
-        "data": {
-            "object": "user",
-            "id": user_id,
-            "username": None,
-            "first_name": "Sample",
-            "last_name": "User",
-            "image_url": "https://img.clerk.com/sample.png",
-            "email_addresses": [
-                {
-                    "object": "email_address",
-                    "id": email_id,
-                    "email_address": f"{user_id}@example.com",
-                    "verification": {"status": "verified", "strategy": "email_code"},
-                    "linked_to": [],
-                }
-            ],
-            "primary_email_address_id": email_id,
-            "phone_numbers": [],
-            "primary_phone_number_id": None,
-            "external_accounts": [],
-            "public_metadata": {},
-            "private_metadata": {},
-            "unsafe_metadata": {},
-            "password_enabled": True,
-            "two_factor_enabled": False,
-            "banned": False,
-            "last_sign_in_at": None,
-            "created_at": now_ms,
-            "updated_at": now_ms,
-        },
-    }
+WEBHOOK: Final = Operation(
+    "receiveClerkWebhook",
+    "webhooks",
+    "Receive a Clerk webhook",
+    description=(
+        "Clerk posts `user.created`, `user.updated` and `user.deleted` (other types are "
+        "acknowledged and ignored). The Svix signature and timestamp are checked, then the "
+        "event is queued and applied by the identity worker; this route touches no database."
+    ),
+    request=ClerkEvent,
+    parameters=[
+        Parameter(name, "header", f"Svix's {name} header.", str, required=True)
+        for name in SVIX_HEADERS
+    ],
+    answers=[
+        Answer(200, "Queued, or ignored (not a user event).", (WebhookQueued, WebhookIgnored)),
+        failure(
+            400,
+            "Bad or stale signature, bad headers, or a body that is not a Clerk event.",
+            "missing_svix_headers",
+            "malformed_svix_headers",
+            "bad_signature",
+            "stale_timestamp",
+            "future_timestamp",
+            "invalid_body",
+            "invalid_json",
+            "not_a_clerk_event",
+        ),
+        failure(413, "The body is over 1 MiB.", "body_too_large"),
+        failure(
+            500,
+            "CLERK_WEBHOOK_SECRET is unset or not a whsec_ secret.",
+            "webhook_secret_missing",
+            "webhook_secret_invalid",
+        ),
+        failure(503, "Redis is unavailable; Svix delivers the event again.", "queue_unavailable"),
+    ],
+)
 
-
-def signed_request(secret: str, event: dict[str, Any], msg_id: str) -> tuple[bytes, dict[str, str]]:
-    """`event` as a body and the Svix headers that sign it with `secret`."""
-    body = json.dumps(event)
-    now = datetime.now(UTC)
-    headers = {
-        "svix-id": msg_id,
-        "svix-timestamp": str(int(now.timestamp())),
-        "svix-signature": Webhook(secret).sign(msg_id, now, body),
-        "content-type": "application/json",
-    }
-    return body.encode(), headers
-
-
-routes: list[BaseRoute] = [Route("/webhooks/clerk", ClerkWebhookRoute(), methods=["POST"])]
+routes: list[BaseRoute] = [
+    Route("/webhooks/clerk", documented(WEBHOOK)(ClerkWebhookRoute()), methods=["POST"])
+]

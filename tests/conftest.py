@@ -23,15 +23,17 @@ import pytest
 import redis as redis_lib
 from psycopg.rows import dict_row
 
+from core.migrate import apply_schema
+from core.settings import Settings
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
+from devstack.model_server import running_model_server
 from ingest.app import create_app
-from ingest.embedded import EmbeddedPostgres, EmbeddedRedis
-from ingest.model_server import running_model_server
-from workers.broker import WakingRedisBroker, build_broker
-from workers.schema import apply_schema
-from workers.settings import Settings
+from workers.broker import build_broker
+from workers.consumer import WakingRedisBroker
 
 from .pgbouncer import pgbouncer, pgbouncer_url  # noqa: F401 - session fixtures
-from .support import ServerThread
+from .support import ServerThread, with_settings
+from .test_auth import ClerkSigner
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -172,3 +174,23 @@ def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def clerk() -> ClerkSigner:
+    return ClerkSigner()
+
+
+@pytest.fixture
+def api(settings: Settings, clerk: ClerkSigner) -> Iterator[httpx.Client]:
+    """Ingest that accepts both service keys and the test's session tokens."""
+    app = create_app(with_settings(settings, clerk_jwt_key=clerk.public_pem))
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def conn(migrated: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """An autocommit connection for the whole module, for Hypothesis tests."""
+    with psycopg.connect(migrated, autocommit=True, row_factory=dict_row) as c:
+        yield c

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from ingest.embedded import free_port
+from devstack.embedded import free_port
 
 #: Where Debian puts the binary; /usr/sbin is often missing from a non-root PATH.
 SEARCH_PATH = os.pathsep.join(

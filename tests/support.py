@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
-from ingest.embedded import free_port
-from workers.settings import Settings
+from core.settings import Settings
+from devstack.embedded import free_port
+
+T = TypeVar("T")
 
 
 class ServerThread:
@@ -70,18 +72,27 @@ def aiwrap_worker(
     """Start `aiwrap worker ARGS` as a real subprocess (stderr to `log`, if given)."""
     with log.open("ab") if log else open(os.devnull, "wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "ingest.cli", "worker", *args],
+            [sys.executable, "-m", "cli", "worker", *args],
             env=aiwrap_env(settings, **extra_env),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
 
 
-def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass; say whether it held."""
+def eventually(
+    condition: Callable[[], T], timeout: float, what: str = "", interval: float = 0.02
+) -> T:
+    """Poll `condition` until it returns something truthy, and return that.
+
+    The one polling helper of the tests. After `timeout` seconds it returns the last,
+    falsy, value, for the caller to assert on; or, given `what`, raises AssertionError
+    saying what it waited for.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            if what:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            return value
         time.sleep(interval)
-    return False
+    return value

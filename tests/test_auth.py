@@ -17,9 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from core.settings import Settings
 from ingest.app import create_app
 from ingest.auth import LEEWAY_S, is_service_key
-from workers.settings import Settings
 
 from .support import ServerThread, with_settings
 

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 import pytest
 
-from workers.settings import Settings
+from core.settings import Settings
 
 
 def pgbouncer_transactions(admin_url: str) -> int:

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 
-from ingest.embedded import free_port
+from devstack.embedded import free_port
+
+from .support import eventually
 
 UNSET = (
     "DATABASE_URL",
@@ -34,7 +35,7 @@ def start_dev(data_dir: Path, port: int) -> subprocess.Popen[str]:
             [
                 sys.executable,
                 "-m",
-                "ingest.cli",
+                "cli.main",
                 "dev",
                 "--data-dir",
                 str(data_dir),
@@ -105,10 +106,7 @@ def test_dev_starts_everything_answers_and_stops_cleanly(tmp_path: Path) -> None
     finally:
         status = ctrl_c(process)
     assert status == 0
-    deadline = time.monotonic() + 20
-    while descendants_alive(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not descendants_alive(data_dir), "aiwrap dev left processes running"
+    eventually(lambda: not descendants_alive(data_dir), 20, "aiwrap dev's processes to stop")
 
     # A second start reuses the data and the same local secrets.
     process = start_dev(data_dir, port)

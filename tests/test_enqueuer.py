@@ -11,10 +11,11 @@ import redis as redis_lib
 import redis.asyncio as aioredis
 from dramatiq import Message
 
-from ingest.embedded import EmbeddedRedis
-from ingest.queue import Enqueuer, QueueUnavailable
-from workers.broker import WakingRedisBroker, wake_key
-from workers.settings import Settings
+from core.queues import MAX_WAKE_TOKENS, wake_key
+from core.settings import Settings
+from devstack.embedded import EmbeddedRedis
+from ingest.enqueue import Enqueuer, QueueUnavailable
+from workers.consumer import WakingRedisBroker
 
 QUEUE = "enqueuer_test"
 
@@ -29,7 +30,7 @@ def queued(redis: redis_lib.Redis, broker: WakingRedisBroker) -> list[Message[ob
 async def send_all(broker: WakingRedisBroker, url: str, count: int) -> list[object]:
     client = aioredis.Redis.from_url(url)
     try:
-        enqueuer = Enqueuer(broker, client)
+        enqueuer = Enqueuer(client)
         return await asyncio.gather(
             *(
                 enqueuer.send(QUEUE, "some_actor", f"svix_{i}", orjson.Fragment(b'{"n": %d}' % i))
@@ -45,7 +46,7 @@ def test_a_batch_larger_than_one_script_slice_lands_whole_and_in_order(
     broker: WakingRedisBroker, redis: redis_lib.Redis, redis_url: str
 ) -> None:
     broker.flush(QUEUE)
-    redis.delete(wake_key(broker.namespace, QUEUE))
+    redis.delete(wake_key(QUEUE))
     results = asyncio.run(send_all(broker, redis_url, 1_200))  # one batch: all sent at once
     assert results == [None] * 1_200
     messages = queued(redis, broker)
@@ -53,8 +54,8 @@ def test_a_batch_larger_than_one_script_slice_lands_whole_and_in_order(
     assert {m.queue_name for m in messages} == {QUEUE}
     assert len({m.message_id for m in messages}) == 1_200
     assert all(m.options["redis_message_id"] != m.message_id for m in messages)
-    wake = redis.lrange(wake_key(broker.namespace, QUEUE), 0, -1)
-    assert wake == [b"1"] * WakingRedisBroker.MAX_WAKE_TOKENS
+    wake = redis.lrange(wake_key(QUEUE), 0, -1)
+    assert wake == [b"1"] * MAX_WAKE_TOKENS
 
 
 def test_commands_sent_with_a_message_land_with_it(
@@ -66,7 +67,7 @@ def test_commands_sent_with_a_message_land_with_it(
     async def send() -> None:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await Enqueuer(broker, client).send(
+            await Enqueuer(client).send(
                 QUEUE,
                 "some_actor",
                 {"job": 1},
@@ -97,7 +98,7 @@ def test_a_message_json_cannot_encode_is_refused_before_it_is_queued(
     async def send() -> None:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await Enqueuer(broker, client).send(QUEUE, "some_actor", {1, 2})
+            await Enqueuer(client).send(QUEUE, "some_actor", {1, 2})
         finally:
             await client.aclose()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from core.settings import Settings
+from devstack.embedded import EmbeddedRedis
 from ingest.app import create_app
-from ingest.embedded import EmbeddedRedis
-from workers.settings import Settings
 
 from .support import ServerThread, with_settings
 

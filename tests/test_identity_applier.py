@@ -8,15 +8,16 @@ from typing import Any
 
 import psycopg
 
-from workers import identity
+from core import jobs
+from core.settings import Settings
+from workers.identity import apply, grouping
 from workers.runtime import Runtime
-from workers.settings import Settings
 
 T0 = 1_767_225_600_000  # 2026-01-01, in ms
 
 
-def created(user_id: str) -> identity.UserChanged | identity.UserDeleted:
-    return identity.parse_clerk_event(
+def created(user_id: str) -> jobs.UserChanged | jobs.UserDeleted:
+    return jobs.parse_clerk_event(
         {"type": "user.created", "data": {"id": user_id, "updated_at": T0, "first_name": "Ada"}}
     )
 
@@ -30,7 +31,7 @@ def test_events_that_arrive_while_deliveries_are_pruned_are_applied_too(
         runtime = Runtime(settings)
         await runtime.open()
         try:
-            applier = identity.GroupApplier(runtime)
+            applier = grouping.GroupApplier(runtime)
             pruning, resume = asyncio.Event(), asyncio.Event()
             prune = applier._prune
 
@@ -49,7 +50,7 @@ def test_events_that_arrive_while_deliveries_are_pruned_are_applied_too(
             resume.set()
             # A guard against hanging, not a measurement: a stranded event never completes.
             outcomes = await asyncio.wait_for(asyncio.gather(one, two), timeout=60)
-            assert list(outcomes) == [identity.Outcome(duplicate=False, changed=True)] * 2
+            assert list(outcomes) == [apply.Outcome(duplicate=False, changed=True)] * 2
         finally:
             await runtime.close()
 

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,24 +21,24 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from workers import identity
-from workers.broker import IDENTITY_QUEUE, NAMESPACE, WakingRedisBroker, build_broker
-from workers.settings import Settings
+from core.queues import APPLY_CLERK_EVENT, IDENTITY_QUEUE, NAMESPACE
+from core.settings import Settings
+from workers.broker import build_broker
+from workers.consumer import WakingRedisBroker
 
-from .support import with_settings
-from .test_identity import (
+from .clerk_support import (
     BUDGET,
     T0,
     History,
     Version,
-    _apply_all,
+    apply_all,
     assert_converged,
-    conn,  # noqa: F401 (a fixture)
     shuffled_deliveries,
     svix_id,
     user_event,
     user_row,
 )
+from .support import eventually, with_settings
 
 THREADS = 16
 WORKER_APP_NAME = f"aiwrap_identity_workers_{os.getpid()}"
@@ -101,7 +100,7 @@ def worker_processes(
         [
             sys.executable,
             "-m",
-            "ingest.cli",
+            "cli.main",
             "worker",
             "--processes",
             "2",
@@ -114,11 +113,12 @@ def worker_processes(
     )
     try:
         heartbeats = f"{NAMESPACE}:__heartbeats__"
-        deadline = time.monotonic() + 30
-        while module_broker.client.zcard(heartbeats) < 2:
+
+        def two_checked_in() -> bool:
             assert process.poll() is None, "aiwrap worker exited while starting"
-            assert time.monotonic() < deadline, "two worker processes never checked in"
-            time.sleep(0.05)
+            return bool(module_broker.client.zcard(heartbeats) >= 2)
+
+        eventually(two_checked_in, 30, "two worker processes to check in")
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
@@ -137,11 +137,11 @@ def worker_processes(
 @given(shuffled_deliveries())
 def test_histories_applied_by_many_threads_at_once_converge(
     migrated: str,
-    conn: psycopg.Connection[dict[str, Any]],  # noqa: F811
+    conn: psycopg.Connection[dict[str, Any]],
     case: tuple[list[History], Deliveries],
 ) -> None:
     users, deliveries = case
-    in_threads(deliveries, lambda share: asyncio.run(_apply_all(migrated, share, BUDGET)))
+    in_threads(deliveries, lambda share: asyncio.run(apply_all(migrated, share, BUDGET)))
     assert_converged(conn, users)
 
 
@@ -154,11 +154,11 @@ def test_histories_applied_by_many_threads_at_once_converge(
 def test_histories_sent_by_many_threads_to_two_worker_processes_converge(
     module_broker: WakingRedisBroker,
     worker_processes: subprocess.Popen[bytes],
-    conn: psycopg.Connection[dict[str, Any]],  # noqa: F811
+    conn: psycopg.Connection[dict[str, Any]],
     case: tuple[list[History], Deliveries],
 ) -> None:
     users, deliveries = case
-    actor = module_broker.get_actor(identity.ACTOR_NAME)
+    actor = module_broker.get_actor(APPLY_CLERK_EVENT)
 
     def send(share: Deliveries) -> None:
         for delivery_id, event in share:
@@ -173,10 +173,10 @@ def test_histories_sent_by_many_threads_to_two_worker_processes_converge(
 def test_two_worker_processes_consume_the_identity_queue_side_by_side(
     module_broker: WakingRedisBroker,
     worker_processes: subprocess.Popen[bytes],
-    conn: psycopg.Connection[dict[str, Any]],  # noqa: F811
+    conn: psycopg.Connection[dict[str, Any]],
 ) -> None:
     versions = [Version(f"user_par_{i}_{svix_id()[4:16]}", T0 + i) for i in range(200)]
-    actor = module_broker.get_actor(identity.ACTOR_NAME)
+    actor = module_broker.get_actor(APPLY_CLERK_EVENT)
     in_threads(
         [(svix_id(), user_event("user.created", v)) for v in versions],
         lambda share: [actor.send(*d) for d in share],

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import structlog
 
+from core.logs import configure_logging, get_logger
+from core.settings import Settings
 from ingest.app import create_app
-from workers.logs import configure_logging, get_logger
-from workers.settings import Settings
 
 from .support import ServerThread
 
@@ -102,6 +102,29 @@ def test_ingest_writes_one_line_per_request_carrying_its_id(
         assert line["method"] == "GET"
         assert isinstance(line["duration_ms"], float)
         assert line["timestamp"].endswith("Z")
+
+
+def test_a_processor_added_to_the_logging_chain_reaches_request_lines_too(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "INFO")
+
+    def stamp(_logger: object, _name: str, event_dict: dict[str, object]) -> dict[str, object]:
+        event_dict["stamped"] = True
+        return event_dict
+
+    chain = structlog.get_config()["processors"]
+    structlog.configure(processors=[stamp, *chain])
+    try:
+        with ServerThread(create_app(settings)) as server:
+            assert httpx.get(f"{server.url}/healthz").status_code == 200
+        get_logger("aiwrap.test").info("something_else")
+    finally:
+        structlog.configure(processors=chain)
+    written = lines(capsys.readouterr().err)
+    requests = [line for line in written if line["event"] == "request"]
+    assert requests and all(line.get("stamped") is True for line in requests)
+    assert next(line for line in written if line["event"] == "something_else")["stamped"]
 
 
 def test_request_ids_from_callers_are_redacted_and_bounded(

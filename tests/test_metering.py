@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from workers.errors import ConfigurationError
-from workers.metering import (
+from core.errors import ConfigurationError
+from core.metering import (
     Price,
     admission,
     cost_microcents,
@@ -24,7 +24,6 @@ from workers.metering import (
     month_start,
     month_usage,
     next_month,
-    over_budget,
     price_for,
 )
 
@@ -137,8 +136,11 @@ def arrange(db: psycopg.Connection[Row], user_id: str, budget: int) -> None:
 
 
 async def usage_and_budget(url: str, user_id: str, now: datetime) -> tuple[Any, bool]:
+    """The month's usage, and the one budget check's answer (what admission reads)."""
     async with await AsyncConnection.connect(url, row_factory=dict_row) as conn:
-        return await month_usage(conn, user_id, now), await over_budget(conn, user_id, now)
+        return await month_usage(conn, user_id, now), (
+            await admission(conn, user_id, now)
+        ).over_budget
 
 
 def test_month_usage_sums_this_calendar_month_by_model(
@@ -176,7 +178,6 @@ def test_a_user_is_over_budget_once_their_tokens_reach_a_nonzero_budget(
         usage_and_budget(migrated, user_id, datetime(2026, 3, 20, tzinfo=UTC))
     )
     assert is_over is over
-    assert usage.over_budget is over
     assert usage.remaining == (None if budget == 0 else max(budget - 195, 0))
 
 

@@ -11,12 +11,13 @@ import httpx
 import pytest
 from dramatiq import Message
 
-from ingest.embedded import free_port
-from workers import identity
-from workers.broker import IDENTITY_QUEUE, WakingRedisBroker
-from workers.settings import Settings
+from core.queues import APPLY_CLERK_EVENT, IDENTITY_QUEUE
+from core.settings import Settings
+from devstack.embedded import free_port
+from workers.consumer import WakingRedisBroker
+from workers.metrics import read_queue_depths
 
-from .support import aiwrap_worker
+from .support import aiwrap_worker, eventually
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -97,7 +98,7 @@ def test_the_supervisor_serves_the_sum_of_its_processes_metrics(
         broker.enqueue(
             Message(
                 queue_name=IDENTITY_QUEUE,
-                actor_name=identity.ACTOR_NAME,
+                actor_name=APPLY_CLERK_EVENT,
                 args=(f"msg_{user_id}_{n}", event),
                 kwargs={},
                 options={},
@@ -105,18 +106,39 @@ def test_the_supervisor_serves_the_sum_of_its_processes_metrics(
         )
 
     def processed(text: str) -> float:
-        return sample(text, "dramatiq_messages_total", actor_name=identity.ACTOR_NAME) or 0
+        return sample(text, "dramatiq_messages_total", actor_name=APPLY_CLERK_EVENT) or 0
 
-    text = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def scraped() -> str:
         try:
             text = httpx.get(worker_with_metrics, timeout=2).text
         except httpx.HTTPError:
-            text = ""
-        if processed(text) >= 2:
-            break
-        time.sleep(0.2)
-    assert processed(text) >= 2, "Dramatiq's Prometheus middleware did not count the messages"
+            return ""
+        return text if processed(text) >= 2 else ""
+
+    text = eventually(scraped, 60, "Dramatiq's Prometheus middleware to count both messages")
     assert sample(text, "aiwrap_queue_depth", queue="identity") is not None
     assert sample(text, "aiwrap_queue_depth", queue="chat") is not None
+
+
+def test_queue_depth_is_exactly_the_messages_on_the_queue(
+    http: httpx.Client, broker: WakingRedisBroker
+) -> None:
+    broker.flush_all()  # the broker fixture's queues: nothing else is on them now
+    ready, later = 3, 2
+    for n in range(ready + later):
+        broker.enqueue(
+            Message(
+                queue_name=IDENTITY_QUEUE,
+                actor_name=APPLY_CLERK_EVENT,
+                args=(f"msg_depth_{n}", {}),
+                kwargs={},
+                options={},
+            ),
+            delay=60_000 if n >= ready else None,  # a retry not yet due: the delay queue
+        )
+    ingest = http.get("/metrics").text
+    assert sample(ingest, "aiwrap_queue_depth", queue="identity") == ready + later
+    assert sample(ingest, "aiwrap_queue_depth", queue="chat") == 0
+    # The supervisor's scrape reads the same keys, through the sync client.
+    assert read_queue_depths(broker.client) == {"identity": ready + later, "chat": 0}
+    broker.flush_all()

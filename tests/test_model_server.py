@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
-from ingest.model_server import count_tokens, reply_text, running_model_server
+from devstack.model_server import running_model_server
+from devstack.replies import count_tokens, reply_text
 
 from .support import eventually
 

@@ -14,10 +14,11 @@ import psutil
 import psycopg
 import pytest
 
-from ingest.model_server import reply_text
-from workers.broker import HEARTBEAT_TIMEOUT_MS, WakingRedisBroker
-from workers.chat import enqueue_chat, new_job
-from workers.settings import Settings
+from core.jobs import new_job
+from core.settings import Settings
+from devstack.replies import reply_text
+from workers.chat.actor import enqueue_chat
+from workers.consumer import HEARTBEAT_TIMEOUT_MS, WakingRedisBroker
 
 from .support import aiwrap_worker, eventually
 
@@ -83,19 +84,19 @@ def test_sigterm_lets_an_in_flight_chat_finish_before_the_worker_exits(
             model="gpt-4o-mini",
         )
         enqueue_chat(broker, job)
-        assert eventually(lambda: exchange(db, job["id"]) is not None, 30), log.read_text()
-        assert exchange(db, job["id"])["completion"] is None  # type: ignore[index]
+        assert eventually(lambda: exchange(db, job.id) is not None, 30), log.read_text()
+        assert exchange(db, job.id)["completion"] is None  # type: ignore[index]
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(60) == 0
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait(10)
-    row = exchange(db, job["id"])
+    row = exchange(db, job.id)
     assert row is not None
     assert row["status"] == "ok", log.read_text()[-3000:]
     assert row["completion"] == reply_text("drain", 40)
-    assert usage_rows(db, job["id"]) == 1
+    assert usage_rows(db, job.id) == 1
 
 
 def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_bounded_time(
@@ -114,13 +115,13 @@ def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_boun
             model="gpt-4o-mini",
         )
         enqueue_chat(broker, job)
-        assert eventually(lambda: exchange(db, job["id"]) is not None, 30), log.read_text()
+        assert eventually(lambda: exchange(db, job.id) is not None, 30), log.read_text()
         [victim] = worker_pids(supervisor)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
 
         def finished() -> bool:
-            row = exchange(db, job["id"])
+            row = exchange(db, job.id)
             return row is not None and row["completion"] is not None
 
         # Restart, heartbeat expiry, maintenance, then the rerun itself (~3 s of deltas).
@@ -130,7 +131,7 @@ def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_boun
     finally:
         supervisor.terminate()
         supervisor.wait(60)
-    row = exchange(db, job["id"])
+    row = exchange(db, job.id)
     assert row is not None and row["status"] == "ok"
     assert row["completion"] == reply_text("kill", 60)
-    assert usage_rows(db, job["id"]) == 1
+    assert usage_rows(db, job.id) == 1

@@ -28,10 +28,12 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from workers.db import CONNECTION_KWARGS, is_transient, make_pool
+from core.db import CONNECTION_KWARGS, make_pool
+from core.faults import is_transient
 
 # The session fixtures too, until conftest imports them for the whole suite.
 from .pgbouncer import PgBouncer, PgBouncerNotInstalled
+from .support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,14 +136,6 @@ def pool_with_psycopg_defaults(url: str, **kwargs: Any) -> AsyncConnectionPool[A
     )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def private_pgbouncer(migrated: str) -> Iterator[PgBouncer]:
     """A PgBouncer of this test's own (same settings), to pollute, stop and start."""
@@ -205,9 +199,10 @@ def test_a_transaction_advisory_lock_serializes_two_clients_through_pgbouncer(
         client_a.execute(XACT_LOCK, key)
         b = threading.Thread(target=client_b, daemon=True)
         b.start()
-        wait_until(
+        eventually(
             lambda: direct.execute(LOCK_WAITERS, key).fetchone()["waiting"] == 1,
-            what="client B to queue on the lock client A holds",
+            10,
+            "client B to queue on the lock client A holds",
         )
         assert b.is_alive() and not acquired_at
         committed_at = time.monotonic()
@@ -236,9 +231,10 @@ def test_a_session_advisory_lock_does_not_hold_through_pgbouncer(
         # Both clients are gone, and the lock is still held, by an idle pooled connection.
         assert direct.execute(TRY_SESSION_LOCK, key).fetchone()["got"] is False
         private_pgbouncer.stop()  # only closing the server connections frees it
-        wait_until(
+        eventually(
             lambda: direct.execute(TRY_SESSION_LOCK, key).fetchone()["got"],
-            what="the leaked lock to go with PgBouncer's server connections",
+            10,
+            "the leaked lock to go with PgBouncer's server connections",
         )
         direct.execute(UNLOCK, key)
 
@@ -246,7 +242,7 @@ def test_a_session_advisory_lock_does_not_hold_through_pgbouncer(
 def run_migrate(database_url: str, redis_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
     return subprocess.Popen(
-        [sys.executable, "-m", "ingest.cli", "migrate"],
+        [sys.executable, "-m", "cli", "migrate"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -33,14 +33,11 @@ def fresh_database(database_url: str) -> Iterator[str]:
 
 
 def migrate(database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`aiwrap migrate` as a migration job runs it: with DATABASE_URL and nothing else."""
+    unrelated = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     return subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "migrate"],
-        env={
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-            **env,
-        },
+        [sys.executable, "-m", "cli", "migrate"],
+        env={**unrelated, "DATABASE_URL": database_url, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -57,6 +54,8 @@ def test_migrate_creates_the_schema_then_is_a_no_op_the_second_time(fresh_databa
     assert first.returncode == 0, first.stderr
     assert "created" in first.stdout
     assert "+ table user_profiles" in first.stdout
+    assert "+ function aiwrap_over_budget(" in first.stdout  # a function file of its own
+    assert "+ view aiwrap_exchanges" in first.stdout
     with psycopg.connect(fresh_database) as conn:
         before = columns(conn)
 
@@ -70,7 +69,7 @@ def test_migrate_creates_the_schema_then_is_a_no_op_the_second_time(fresh_databa
 def test_migrate_without_a_database_url_names_the_variable() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "migrate"],
+        [sys.executable, "-m", "cli", "migrate"],
         env=env,
         capture_output=True,
         text=True,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import ConfigurationError
-from workers.settings import SETTINGS, Settings
+from core.errors import ConfigurationError
+from core.settings import SETTINGS, Settings
 
 REQUIRED = {"DATABASE_URL": "postgresql://x@/db", "REDIS_URL": "redis://127.0.0.1:1/0"}
 

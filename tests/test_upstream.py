@@ -1,4 +1,4 @@
-"""Reading a streamed completion's body (workers/upstream.py), over real HTTP.
+"""Reading a streamed completion's body (workers/chat/upstream.py), over real HTTP.
 
 A small server answers each request with the SSE body the test chose, byte for
 byte, so the shapes the local model server never sends (multi-line data, an
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers.upstream import Gate, Piece, gated, http_client, pieces
+from workers.chat.upstream import Gate, Piece, gated, http_client, pieces
 
 from .support import ServerThread
 

@@ -12,10 +12,11 @@ import pytest
 from dramatiq import Message
 from prometheus_client import REGISTRY
 
-from workers import identity
-from workers.broker import CHAT_QUEUE, IDENTITY_QUEUE, WakingRedisBroker
-from workers.chat import enqueue_chat, new_job
-from workers.settings import Settings
+from core.jobs import new_job
+from core.queues import APPLY_CLERK_EVENT, CHAT_QUEUE, IDENTITY_QUEUE
+from core.settings import Settings
+from workers.chat.actor import enqueue_chat
+from workers.consumer import WakingRedisBroker
 
 JOIN_MS = 30_000
 
@@ -99,7 +100,7 @@ def test_identity_events_are_counted_by_type_and_outcome(
         broker.enqueue(
             Message(
                 queue_name=IDENTITY_QUEUE,
-                actor_name=identity.ACTOR_NAME,
+                actor_name=APPLY_CLERK_EVENT,
                 args=(f"msg_{user_id}", event),
                 kwargs={},
                 options={},

@@ -13,8 +13,9 @@ import psutil
 import pytest
 from dramatiq import Message
 
-from workers.broker import WakingConsumer, WakingRedisBroker, wake_key
-from workers.settings import Settings
+from core.queues import MAX_WAKE_TOKENS, wake_key
+from core.settings import Settings
+from workers.consumer import WakingConsumer, WakingRedisBroker
 
 from .support import aiwrap_worker, eventually
 
@@ -52,11 +53,11 @@ def test_an_idle_consumer_wakes_on_enqueue_instead_of_sleeping_out_its_timeout(
 def test_enqueue_keeps_the_wake_up_list_bounded(broker: WakingRedisBroker) -> None:
     queue = f"bounded{os.getpid()}"
     broker.declare_queue(queue)
-    for _ in range(WakingRedisBroker.MAX_WAKE_TOKENS + 20):
+    for _ in range(MAX_WAKE_TOKENS + 20):
         broker.enqueue(probe_message(queue))
-    assert broker.client.llen(wake_key(broker.namespace, queue)) == broker.MAX_WAKE_TOKENS
+    assert broker.client.llen(wake_key(queue)) == MAX_WAKE_TOKENS
     broker.flush(queue)
-    broker.client.delete(wake_key(broker.namespace, queue))
+    broker.client.delete(wake_key(queue))
 
 
 def test_queue_maintenance_is_due_by_the_clock_per_queue(broker: WakingRedisBroker) -> None:
@@ -110,7 +111,7 @@ def test_log_lines_inside_an_async_actor_carry_its_message_id(
 
     import dramatiq
 
-    from workers.logs import configure_logging, get_logger
+    from core.logs import configure_logging, get_logger
 
     configure_logging("json", "INFO")
     queue = f"logged{os.getpid()}"
@@ -138,3 +139,35 @@ def test_log_lines_inside_an_async_actor_carry_its_message_id(
     [inside] = [line for line in lines if line["event"] == "inside_the_actor"]
     assert inside["message_id"] == message.message_id
     assert inside["actor"] == actor.actor_name
+
+
+def test_async_actors_run_on_uvloop_without_touching_the_global_event_loop_policy(
+    broker: WakingRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import dramatiq
+    import uvloop
+
+    def refuse(_policy: object) -> None:  # deprecated from Python 3.14 on
+        raise AssertionError("the worker swapped the global event-loop policy")
+
+    monkeypatch.setattr(asyncio, "set_event_loop_policy", refuse)
+    queue = f"loops{os.getpid()}"
+    seen: list[type] = []
+
+    async def which_loop() -> None:
+        seen.append(type(asyncio.get_running_loop()))
+
+    actor = dramatiq.actor(
+        which_loop, broker=broker, queue_name=queue, actor_name=f"which_loop_{os.getpid()}"
+    )
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        actor.send()
+        broker.join(queue, timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+    assert seen == [uvloop.Loop]

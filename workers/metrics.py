@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.queues import depth_keys, queue_depths
+
 TOKENS = Counter(
     "aiwrap_tokens_metered_total",
     "Tokens metered in token_usage, by model and kind.",
@@ -100,3 +102,11 @@ def serve_metrics(path: Path, port: int, host: str, sizes: Callable[[], dict[str
     multiprocess.MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
     registry.register(QueueDepthCollector(sizes))
     start_http_server(port, addr=host, registry=registry)
+
+
+def read_queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting or in flight in each queue, delayed retries included."""
+    with client.pipeline(transaction=False) as pipe:
+        for _queue, key in depth_keys():
+            pipe.hlen(key)
+        return queue_depths(pipe.execute())

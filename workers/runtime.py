@@ -14,12 +14,13 @@ import redis.asyncio as aioredis
 from openai import AsyncOpenAI, Timeout
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from . import upstream
-from .db import POOL_TIMEOUT, make_pool
-from .logs import get_logger
-from .metering import Price, load_prices
-from .settings import Settings
-from .streams import CancelListener
+from core.db import POOL_TIMEOUT, make_pool
+from core.logs import get_logger
+from core.metering import Price, load_prices
+from core.settings import Settings
+from core.streams import CancelListener
+
+from .chat import upstream
 
 #: Seconds to connect to the model, and to wait for each next piece of its reply.
 OPENAI_CONNECT_TIMEOUT_S = 5.0

@@ -20,15 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from .broker import QUEUES
-from .logs import configure_logging, get_logger
+import redis
+
+from core.logs import configure_logging, get_logger
+from core.queues import QUEUES
+from core.settings import Settings
+
 from .metrics import (
     mark_process_dead,
     prepare_multiprocess_dir,
+    read_queue_depths,
     remove_multiprocess_dir,
     serve_metrics,
 )
-from .settings import Settings
 
 log = get_logger(__name__)
 
@@ -110,13 +114,13 @@ class Supervisor:
 
     def start_metrics(self, port: int, host: str) -> None:
         """Serve every process's metrics, summed, and the queue depths on host:port."""
-        from .broker import build_broker, queue_sizes
-
         # Before any worker process starts: they read the directory at import.
         self.metrics_dir = prepare_multiprocess_dir()
-        broker = build_broker(Settings.from_env())
+        client = redis.Redis.from_url(
+            Settings.from_env().redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
         try:
-            serve_metrics(self.metrics_dir, port, host, lambda: queue_sizes(broker))
+            serve_metrics(self.metrics_dir, port, host, lambda: read_queue_depths(client))
         except OSError as error:
             # Metrics are for watching the work, not a reason to stop doing it.
             log.error(

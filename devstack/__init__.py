@@ -1,0 +1,1 @@
+"""The whole stack on one machine: embedded Postgres and Redis, a local model server."""
