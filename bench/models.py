@@ -44,7 +44,7 @@ class PChatMessage(BaseModel):
 
 class PChatRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    messages: Annotated[tuple[PChatMessage, ...], Field(min_length=1)] | None = None
+    messages: Annotated[list[PChatMessage], Field(min_length=1)] | None = None
     prompt: str | None = None
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
@@ -56,7 +56,7 @@ class PChatJob(BaseModel):
     id: Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$")]
     user_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
     model: Annotated[str, Field(min_length=1, max_length=200)]
-    messages: Annotated[tuple[PChatMessage, ...], Field(min_length=1)]
+    messages: Annotated[list[PChatMessage], Field(min_length=1)]
     requested_at: str
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

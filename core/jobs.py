@@ -5,8 +5,10 @@
   `parse_clerk_event` reads the whole of it for the identity worker.
 - `run_chat(job)` on the `chat` queue: a `ChatJob`.
 
-The models are msgspec Structs: they decode and validate in one C pass, about ten times
-faster than the equivalent pydantic models on these paths (bench/models.py). A field
+The models are msgspec Structs rather than pydantic models: they decode and validate
+bytes in one pass, 1.4 to 5 times faster than pydantic models of the same fields and
+constraints on these paths (`python -m bench.models`), they encode what the Enqueuer
+queues, and msgspec gives the JSON Schema the OpenAPI document is built from. A field
 that fails gets one message, the same wherever it is caught (`decode`, `convert`):
 `InvalidInput(field, reason)`, which ingest answers 400 and a worker dead-letters.
 """

@@ -13,39 +13,9 @@ import psycopg
 
 from .db import connect
 from .errors import SchemaError
-from .sqlfiles import functions
+from .sqlfiles import functions, statements
 
-#: Functions in the public schema, by signature, with a digest of their definition:
-#: `CREATE OR REPLACE` changes a function without creating anything.
-FUNCTIONS = """
-SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-       md5(pg_get_functiondef(p.oid))
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname = 'public' AND p.prokind = 'f'
-"""
-
-#: Other objects in the public schema, as `kind name` strings, for the before/after diff.
-CATALOG = """
-SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'public' AND c.relkind = 'r'
-UNION ALL
-SELECT 'column ' || c.relname || '.' || a.attname
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
-UNION ALL
-SELECT 'index ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'public' AND c.relkind = 'i'
-UNION ALL
-SELECT 'view ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'public' AND c.relkind = 'v'
-UNION ALL
-SELECT 'constraint ' || con.conname FROM pg_constraint con
-  JOIN pg_namespace n ON n.oid = con.connamespace WHERE n.nspname = 'public'
-"""
-
-#: Serializes concurrent migrations; transaction-scoped, so PgBouncer-safe.
-MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('aiwrap.migrate'))"
+SQL = statements(__file__)
 
 
 @dataclass(frozen=True)
@@ -87,14 +57,14 @@ def apply_schema(database_url: str) -> MigrationReport:
     sql = schema_path().read_text()
     try:
         with connect(database_url, autocommit=False) as conn, conn.transaction():
-            conn.execute(MIGRATION_LOCK)
-            before = {row[0] for row in conn.execute(CATALOG)}
-            functions_before = dict(conn.execute(FUNCTIONS).fetchall())
+            conn.execute(SQL["migration_lock"])
+            before = {row[0] for row in conn.execute(SQL["catalog_objects"])}
+            functions_before = dict(conn.execute(SQL["catalog_functions"]).fetchall())
             conn.execute(sql.encode())
             for _name, definition in functions():
                 conn.execute(definition.encode())
-            after = {row[0] for row in conn.execute(CATALOG)}
-            functions_after = dict(conn.execute(FUNCTIONS).fetchall())
+            after = {row[0] for row in conn.execute(SQL["catalog_objects"])}
+            functions_after = dict(conn.execute(SQL["catalog_functions"]).fetchall())
     except psycopg.Error as error:
         raise SchemaError(f"Could not apply schema.sql: {error}") from error
     created = (after - before) | (functions_after.keys() - functions_before.keys())

@@ -15,15 +15,11 @@ reads `read_events(redis, job_id, after_id=last_event_id, ...)`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from .logs import get_logger
 
@@ -90,18 +86,19 @@ class JobRecord:
     requested_at: str
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text: redis-py answers bytes unless asked to decode."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _event(entry_id: bytes | str, fields: dict[Any, Any]) -> StreamEvent:
-    decoded = {_text(k): _text(v) for k, v in fields.items()}
+    decoded = {text(k): text(v) for k, v in fields.items()}
     try:
         data = json.loads(decoded.get("data", "{}"))
     except json.JSONDecodeError:
         data = {}
     return StreamEvent(
-        _text(entry_id), decoded.get("event", ""), data if isinstance(data, dict) else {}
+        text(entry_id), decoded.get("event", ""), data if isinstance(data, dict) else {}
     )
 
 
@@ -124,12 +121,12 @@ async def publish(
     key = events_key(job_id)
     if ttl_seconds is None:
         entry_id = await redis.xadd(key, _encode(event, data))  # type: ignore[arg-type]
-        return _text(entry_id)
+        return text(entry_id)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xadd(key, _encode(event, data))  # type: ignore[arg-type]
         pipe.expire(key, ttl_seconds)
         entry_id, _ = await pipe.execute()
-    return _text(entry_id)
+    return text(entry_id)
 
 
 async def finish(
@@ -150,7 +147,7 @@ async def finish(
         for key in (events_key(job_id), job_key(job_id)):
             pipe.expire(key, ttl_seconds)
         results = await pipe.execute()
-    return _text(results[0])
+    return text(results[0])
 
 
 async def read_events(
@@ -224,7 +221,7 @@ async def read_job_record(redis: aioredis.Redis, job_id: str) -> JobRecord | Non
     raw: Any = await redis.hgetall(job_key(job_id))
     if not raw:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     return JobRecord(
         fields.get("user_id", ""),
         fields.get("model", ""),
@@ -242,79 +239,3 @@ async def request_cancel(redis: aioredis.Redis, job_id: str, ttl_seconds: int) -
 async def cancel_requested(redis: aioredis.Redis, job_id: str) -> bool:
     """True once someone asked to cancel the chat."""
     return bool(await redis.exists(cancel_key(job_id)))
-
-
-class CancelListener:
-    """One Pub/Sub subscriber per worker process, waking the chats someone cancelled.
-
-    A chat registers with `watch(job_id)` while it talks to the model and gets an
-    asyncio.Event that is set when its id arrives on CANCEL_CHANNEL. A message
-    sent while the subscriber was disconnected is caught up from the cancel keys
-    when it reconnects.
-    """
-
-    #: Seconds between reconnect attempts after Redis went away.
-    RECONNECT_S = 0.5
-
-    def __init__(self) -> None:
-        self._watchers: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-
-    def start(self, redis: aioredis.Redis) -> None:
-        """Start listening on the running event loop."""
-        if self._task is None:
-            self._ready = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._listen(redis))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            # Bounded: redis-py may swallow a cancellation that lands mid-command.
-            await asyncio.wait({self._task}, timeout=2.0)
-            self._task = None
-
-    async def wait_ready(self, within_s: float) -> bool:
-        """Wait until subscribed (so no cancel can be missed); False after `within_s`."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), within_s)
-        except TimeoutError:
-            return False
-        return True
-
-    @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set when someone cancels `job_id`, for as long as the block runs."""
-        event = asyncio.Event()
-        self._watchers.setdefault(job_id, set()).add(event)
-        try:
-            yield event
-        finally:
-            watchers = self._watchers.get(job_id, set())
-            watchers.discard(event)
-            if not watchers:
-                self._watchers.pop(job_id, None)
-
-    def _fire(self, job_id: str) -> None:
-        for event in self._watchers.get(job_id, ()):
-            event.set()
-
-    async def _listen(self, redis: aioredis.Redis) -> None:
-        while True:
-            try:
-                async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CANCEL_CHANNEL)
-                    self._ready.set()
-                    for job_id in list(self._watchers):
-                        if await cancel_requested(redis, job_id):
-                            self._fire(job_id)
-                    while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=5.0
-                        )
-                        if message is not None and message.get("type") == "message":
-                            self._fire(_text(message["data"]))
-            except (RedisError, OSError) as error:
-                self._ready.clear()
-                log.warning("chat_cancel_listener_disconnected", error=str(error))
-                await asyncio.sleep(self.RECONNECT_S)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import uvicorn
 
 from core.settings import Settings
@@ -96,3 +97,16 @@ def eventually(
             return value
         time.sleep(interval)
     return value
+
+
+def worker_processes(supervisor_pid: int) -> set[int]:
+    """The live worker processes of an `aiwrap worker` supervisor (not multiprocessing's
+    resource tracker, and not one that died while being looked at)."""
+    alive = set()
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                alive.add(child.pid)
+        except psutil.Error:
+            continue
+    return alive

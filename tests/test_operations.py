@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 import pytest
 
@@ -20,7 +19,7 @@ from devstack.replies import reply_text
 from workers.chat.actor import enqueue_chat
 from workers.consumer import HEARTBEAT_TIMEOUT_MS, WakingRedisBroker
 
-from .support import aiwrap_worker, eventually
+from .support import aiwrap_worker, eventually, worker_processes
 
 #: A dead worker's messages go back once its heartbeat is this stale and the
 #: next maintenance run (every MAINTENANCE_INTERVAL_S per queue) has happened.
@@ -58,14 +57,6 @@ def usage_rows(db: psycopg.Connection[Any], job_id: str) -> int:
     ).fetchone()
     assert row is not None
     return int(row["n"])
-
-
-def worker_pids(supervisor: subprocess.Popen[bytes]) -> list[int]:
-    return [
-        child.pid
-        for child in psutil.Process(supervisor.pid).children()
-        if "spawn_main" in " ".join(child.cmdline())
-    ]
 
 
 def test_sigterm_lets_an_in_flight_chat_finish_before_the_worker_exits(
@@ -116,7 +107,7 @@ def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_boun
         )
         enqueue_chat(broker, job)
         assert eventually(lambda: exchange(db, job.id) is not None, 30), log.read_text()
-        [victim] = worker_pids(supervisor)
+        [victim] = sorted(worker_processes(supervisor.pid))
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
 
@@ -127,7 +118,7 @@ def test_a_sigkilled_worker_process_is_replaced_and_its_chat_redelivered_in_boun
         # Restart, heartbeat expiry, maintenance, then the rerun itself (~3 s of deltas).
         assert eventually(finished, REDELIVERY_BOUND_S + 20), log.read_text()[-3000:]
         assert time.monotonic() - killed_at < REDELIVERY_BOUND_S + 20
-        assert victim not in worker_pids(supervisor)
+        assert victim not in worker_processes(supervisor.pid)
     finally:
         supervisor.terminate()
         supervisor.wait(60)

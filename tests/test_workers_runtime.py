@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pytest
 from dramatiq import Message
 
@@ -17,7 +16,7 @@ from core.queues import MAX_WAKE_TOKENS, wake_key
 from core.settings import Settings
 from workers.consumer import WakingConsumer, WakingRedisBroker
 
-from .support import aiwrap_worker, eventually
+from .support import aiwrap_worker, eventually, worker_processes
 
 
 def probe_message(queue_name: str) -> Message[Any]:
@@ -78,24 +77,15 @@ def supervisor(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(10)
 
 
-def live_children(pid: int) -> set[int]:
-    """Worker processes of the supervisor (not multiprocessing's resource tracker)."""
-    return {
-        child.pid
-        for child in psutil.Process(pid).children()
-        if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline())
-    }
-
-
 def test_the_supervisor_replaces_a_killed_worker_process_and_drains_on_sigterm(
     supervisor: subprocess.Popen[bytes],
 ) -> None:
-    assert eventually(lambda: len(live_children(supervisor.pid)) == 2, 30)
-    victim = min(live_children(supervisor.pid))
+    assert eventually(lambda: len(worker_processes(supervisor.pid)) == 2, 30)
+    victim = min(worker_processes(supervisor.pid))
     os.kill(victim, signal.SIGKILL)
 
     def replaced() -> bool:
-        alive = live_children(supervisor.pid)
+        alive = worker_processes(supervisor.pid)
         return len(alive) == 2 and victim not in alive
 
     assert eventually(replaced, 30), "the killed worker process was not replaced"

@@ -18,8 +18,8 @@ from core.db import POOL_TIMEOUT, make_pool
 from core.logs import get_logger
 from core.metering import Price, load_prices
 from core.settings import Settings
-from core.streams import CancelListener
 
+from .cancels import CancelListener
 from .chat import upstream
 
 #: Seconds to connect to the model, and to wait for each next piece of its reply.
