@@ -12,7 +12,6 @@ import contextvars
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -22,79 +21,7 @@ from typing import Any
 import orjson
 import structlog
 
-#: Keys whose values are never written, at any depth.
-SECRET_KEYS = frozenset(
-    {
-        "authorization",
-        "api_key",
-        "api_keys",
-        "openai_api_key",
-        "secret",
-        "webhook_secret",
-        "clerk_webhook_secret",
-        "password",
-        "token",
-        "jwt",
-        "signature",
-        "svix-signature",
-        "svix_signature",
-        "private_metadata",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-    }
-)
-
-#: Values that look like a secret wherever they appear in a string.
-SECRET_SHAPES = re.compile(
-    r"whsec_[A-Za-z0-9+/=]+"  # Svix signing secrets
-    r"|v1,[A-Za-z0-9+/=]{20,}"  # Svix signatures
-    r"|\bsk-[A-Za-z0-9_\-]{8,}"  # OpenAI-style API keys
-    r"|\baiw_[A-Za-z0-9_\-]{8,}"  # aiwrap service keys
-    r"|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"  # JWTs
-    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)"  # credentials inside URLs
-)
-REDACTED = "[redacted]"
-
-
-#: Every shape above contains one of these; a string without any is left as it is
-#: without running the (much slower) expression over it.
-_SHAPE_MARKERS = re.compile("whsec_|v1,|sk-|aiw_|eyJ|://")
-
-
-# Tuples, not `X | Y`: a union written in a function is built anew at every call.
-_SEQUENCES = (list, tuple)
-_MAY_HOLD_SECRETS = (str, dict, list, tuple)
-
-
-def redact(value: Any) -> Any:
-    """Return `value` with every secret in it replaced by a marker."""
-    if isinstance(value, str):
-        if _SHAPE_MARKERS.search(value) is None:
-            return value
-        return SECRET_SHAPES.sub(REDACTED, value)
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()
-        }
-    if isinstance(value, _SEQUENCES):
-        return type(value)(redact(v) for v in value)
-    return value
-
-
-def _redact_event(
-    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    for key, value in event_dict.items():
-        if key.lower() in SECRET_KEYS:
-            event_dict[key] = REDACTED
-        # A plain str first: nearly every value is one, and most hold no marker.
-        elif type(value) is str:
-            if _SHAPE_MARKERS.search(value) is not None:
-                event_dict[key] = SECRET_SHAPES.sub(REDACTED, value)
-        elif isinstance(value, _MAY_HOLD_SECRETS):
-            event_dict[key] = redact(value)
-    return event_dict
+from .redaction import redact_event
 
 
 class _UtcTimestamp:
@@ -160,6 +87,38 @@ def _stderr_logger(name: str = "aiwrap", *_args: Any) -> _StderrLogger:
     return _StderrLogger(name)
 
 
+#: What an actor logs, at debug, as it is called (Dramatiq's Actor.__call__; fenced in
+#: workers/fence.py): the arguments themselves.
+ACTOR_RECEIVED = "Received args=%r kwargs=%r."
+
+
+class _ConcealMessages(logging.Filter):
+    """Dramatiq logs a message as its actor call with its arguments ("Failed to process
+    message apply_clerk_event('msg_...', {...})"), and an actor logs the arguments it
+    receives: Clerk payloads, prompts. Those lines keep what identifies the message, the
+    actor and the message id, and never the arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.args, tuple):
+            return True
+        if record.msg == ACTOR_RECEIVED and len(record.args) == 2:
+            args, kwargs = record.args
+            record.msg = "Received %d arguments and %d keyword arguments."
+            record.args = (len(args), len(kwargs))  # type: ignore[arg-type]
+        elif record.name.startswith("dramatiq"):
+            record.args = tuple(_identify(arg) for arg in record.args)
+        return True
+
+
+def _identify(value: Any) -> Any:
+    # Duck-typed: a Message and the MessageProxy around it both have these two.
+    actor_name = getattr(value, "actor_name", None)
+    message_id = getattr(value, "message_id", None)
+    if isinstance(actor_name, str) and isinstance(message_id, str):
+        return f"{actor_name}[{message_id}]"
+    return value
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is now, so a redirected stderr is honoured."""
 
@@ -194,7 +153,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     before: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.format_exc_info,
-        _redact_event,
+        redact_event,
         structlog.stdlib.add_logger_name,
     ]
     after: list[structlog.types.Processor] = [
@@ -226,6 +185,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = _StderrHandler()
+    handler.addFilter(_ConcealMessages())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -237,7 +197,9 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         lib.propagate = True
     # Quiet by default; one line per request comes from our own middleware.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx and httpx2 log every request's URL at info: the model endpoint's included.
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 

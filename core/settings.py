@@ -103,11 +103,11 @@ class Settings:
         return cls(
             database_url=get("DATABASE_URL"),
             redis_url=get("REDIS_URL"),
-            clerk_webhook_secret=get("CLERK_WEBHOOK_SECRET"),
+            clerk_webhook_secret=_webhook_secret(get("CLERK_WEBHOOK_SECRET")),
             openai_api_key=get("OPENAI_API_KEY"),
             openai_base_url=get("OPENAI_BASE_URL"),
-            api_keys=_csv(get("AIWRAP_API_KEYS")),
-            clerk_jwt_key=get("CLERK_JWT_KEY").replace("\\n", "\n"),
+            api_keys=_api_keys(_csv(get("AIWRAP_API_KEYS"))),
+            clerk_jwt_key=_jwt_key(get("CLERK_JWT_KEY").replace("\\n", "\n")),
             clerk_authorized_parties=_csv(get("CLERK_AUTHORIZED_PARTIES")),
             default_monthly_token_budget=_int(
                 "AIWRAP_DEFAULT_MONTHLY_TOKEN_BUDGET",
@@ -124,6 +124,64 @@ class Settings:
                 "AIWRAP_MAX_CHAT_BYTES", get("AIWRAP_MAX_CHAT_BYTES"), minimum=1024
             ),
         )
+
+
+#: Characters a service key must have at least: guessing one must be hopeless.
+MIN_API_KEY_CHARS = 24
+
+
+def _api_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    for index, key in enumerate(keys):
+        if len(key) < MIN_API_KEY_CHARS:
+            raise ConfigurationError(
+                f"Setting AIWRAP_API_KEYS: key {index + 1} has {len(key)} characters; each "
+                f"needs at least {MIN_API_KEY_CHARS} (e.g. `python -c 'import secrets; "
+                'print("aiw_" + secrets.token_urlsafe(24))\'`).'
+            )
+    return keys
+
+
+def _jwt_key(pem: str) -> str:
+    """The key, if it is a PEM RSA public key; a key that is not would make every session
+    token a 500, so the process refuses to start instead."""
+    if not pem:
+        return pem
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError:
+        key = None
+    if not isinstance(key, RSAPublicKey):
+        raise ConfigurationError(
+            "Setting CLERK_JWT_KEY is not a PEM RSA public key: paste the PEM public key "
+            "from Clerk's dashboard (API keys, JWKS public key), newlines as \\n."
+        )
+    return pem
+
+
+def _webhook_secret(secret: str) -> str:
+    """The secret, if svix can verify signatures with it; else the process refuses to
+    start rather than answer every webhook 500."""
+    if not secret:
+        return secret
+    import base64
+
+    from svix.webhooks import Webhook
+
+    try:
+        # Strictly: svix's own decoding skips characters outside base64 and signs with
+        # whatever is left, so a mangled secret would only fail at the first webhook.
+        if not secret.startswith("whsec_") or not base64.b64decode(secret[6:], validate=True):
+            raise ValueError("not whsec_ and base64")
+        Webhook(secret)
+    except Exception:  # svix raises errors of its own, not only ValueError
+        raise ConfigurationError(
+            "Setting CLERK_WEBHOOK_SECRET is not a Svix signing secret: use the endpoint's "
+            "secret from Clerk's dashboard, `whsec_` then base64."
+        ) from None
+    return secret
 
 
 def _csv(value: str) -> tuple[str, ...]:

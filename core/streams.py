@@ -218,7 +218,22 @@ async def write_job_record(
 
 async def read_job_record(redis: aioredis.Redis, job_id: str) -> JobRecord | None:
     """The job hash, or None when there is none (never written, or expired)."""
-    raw: Any = await redis.hgetall(job_key(job_id))
+    return _job_record(await redis.hgetall(job_key(job_id)))
+
+
+async def read_job_record_and_last_event(
+    redis: aioredis.Redis, job_id: str
+) -> tuple[JobRecord | None, StreamEvent | None]:
+    """The job hash and the stream's last event (None for either that is not there), in
+    one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(job_key(job_id))
+        pipe.xrevrange(events_key(job_id), count=1)
+        raw, last = await pipe.execute()
+    return _job_record(raw), (_event(*last[0]) if last else None)
+
+
+def _job_record(raw: Any) -> JobRecord | None:
     if not raw:
         return None
     fields = {text(k): text(v) for k, v in raw.items()}

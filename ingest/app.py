@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -23,6 +24,9 @@ from .errors import ApiError, handle_api_error, handle_http_exception, handle_in
 from .state import IngestState
 
 log = get_logger("ingest")
+
+#: A caller's X-Request-Id that is kept as the request's id.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,64}")
 
 
 class RequestContext:
@@ -49,7 +53,10 @@ class RequestContext:
         request_id = ""
         for key, value in scope["headers"]:
             if key == b"x-request-id":
-                request_id = value.decode("latin-1")[:64]
+                # A caller's id is kept only when it is well formed; anything else
+                # (spaces, quotes, control characters, a novel) gets an id of ours.
+                if REQUEST_ID.fullmatch(value):
+                    request_id = value.decode("ascii")
                 break
         request_id = request_id or self.new_request_id()
         status = 500

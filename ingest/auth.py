@@ -119,6 +119,9 @@ def authenticate(request: Request, settings: Settings, *, allow_cookie: bool = F
                 "X-User-Id must be a Clerk user id: 1 to 128 letters, digits, '_' or '-'."
             )
         return Caller(user_id=user_id, via_service_key=True)
+    if "x-user-id" in request.headers:
+        # Only a service key names its user: this was meant to be one.
+        raise Unauthenticated("The service key is not valid: it is none of AIWRAP_API_KEYS.")
     return Caller(user_id=verify_session_token(token, settings), via_service_key=False)
 
 
@@ -158,6 +161,8 @@ def is_service_key(token: str, keys: tuple[str, ...]) -> bool:
 def verify_session_token(token: str, settings: Settings) -> str:
     """The `sub` of a valid Clerk session JWT; raise Unauthenticated for anything else."""
     if not settings.clerk_jwt_key:
+        if token.count(".") != 2:  # not shaped like a JWT: a mistyped key, most likely
+            raise Unauthenticated("The bearer token is not a valid service key.")
         raise Unauthenticated("This server accepts no session tokens: CLERK_JWT_KEY is not set.")
     key = _public_key(settings.clerk_jwt_key)
     try:

@@ -152,9 +152,9 @@ class Profile(msgspec.Struct, frozen=True):
 
 
 class WebhookQueued(msgspec.Struct, frozen=True):
-    """The event is on the identity queue."""
+    """The event is on the identity queue (`duplicate`: it already was)."""
 
-    status: Literal["queued"]
+    status: Literal["queued", "duplicate"]
     svix_id: str
 
 

@@ -1,11 +1,12 @@
-"""Putting messages on the broker's queues from async routes.
+"""Putting messages on the workers' queues from async routes, with no broker.
 
-The broker's own `enqueue` is synchronous and makes two Redis round trips per
+A Dramatiq broker's `enqueue` is synchronous and makes two Redis round trips per
 message (the Lua dispatch, then the wake-up). Calling it from a route would
 block the event loop, and hopping to a thread for it caps one ingest process
 at a few hundred requests a second. The Enqueuer writes what Dramatiq's
-dispatch script writes for an enqueue with the async Redis client instead (one
-call of enqueue.lua per batch), and batches: while one batch is in flight, the
+dispatch script writes for an enqueue (the layout of core/queues.py, fenced by
+workers/fence.py) with the async Redis client instead (one call of enqueue.lua
+per batch), and batches: while one batch is in flight, the
 messages that arrive meanwhile wait for the next, so an idle system sends at
 once and a busy one sends many requests in one round trip. Each caller's future
 is done only once Redis has its message.
@@ -65,7 +66,10 @@ class Pending:
     redis_message_id: str
     data: bytes
     also: Sequence[Command]
-    sent: asyncio.Future[None]
+    #: A key that, once set, drops any later message with it; and its seconds to live.
+    once: tuple[str, int] | None
+    #: True once the message is on its queue, False when `once` dropped it.
+    sent: asyncio.Future[bool]
 
 
 def refuse_enqueue_hooks(middleware: Sequence[Middleware]) -> None:
@@ -150,10 +154,19 @@ class Enqueuer:
         self.script = redis.register_script(ENQUEUE_SCRIPT.read_text())
 
     def send(
-        self, queue_name: str, actor_name: str, *args: Any, also: Sequence[Command] = ()
-    ) -> asyncio.Future[None]:
-        """Queue a message: await the result, which is done once the message is on its
+        self,
+        queue_name: str,
+        actor_name: str,
+        *args: Any,
+        also: Sequence[Command] = (),
+        once: tuple[str, int] | None = None,
+    ) -> asyncio.Future[bool]:
+        """Queue a message: await the result, which is True once the message is on its
         queue and raises QueueUnavailable if Redis failed to take it.
+
+        With `once=(key, seconds)`, the message is queued only if no message with that
+        key was queued in the last `seconds`, checked and set in the same atomic step;
+        the result is False for one dropped so.
 
         A future rather than a coroutine: the route that awaits it resumes through
         one frame fewer when Redis answers.
@@ -177,7 +190,12 @@ class Enqueuer:
             }
         )
         pending = Pending(
-            queue_name, redis_message_id, data, also, asyncio.get_running_loop().create_future()
+            queue_name,
+            redis_message_id,
+            data,
+            also,
+            once,
+            asyncio.get_running_loop().create_future(),
         )
         self.pending.append(pending)
         if self.sending is None:
@@ -194,7 +212,7 @@ class Enqueuer:
 
     async def _send(self, batch: list[Pending]) -> None:
         try:
-            await self._write(batch)
+            queued = await self._write(batch)
         except (RedisConnectionError, RedisTimeoutError) as error:
             log.warning("enqueue_failed", error=type(error).__name__, messages=len(batch))
             self._fail(batch, QueueUnavailable())
@@ -202,9 +220,9 @@ class Enqueuer:
         except Exception as error:
             self._fail(batch, error)
             return
-        for each in batch:
+        for each, result in zip(batch, queued, strict=True):
             if not each.sent.done():
-                each.sent.set_result(None)
+                each.sent.set_result(result)
 
     @staticmethod
     def _fail(batch: list[Pending], error: Exception) -> None:
@@ -212,9 +230,10 @@ class Enqueuer:
             if not each.sent.done():
                 each.sent.set_exception(error)
 
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> list[bool]:
         """Write the batch with one call of enqueue.lua: one round trip and one reply,
-        atomic like a MULTI/EXEC, whose six replies cost ingest more to read."""
+        atomic like a MULTI/EXEC, whose six replies cost ingest more to read. Returns,
+        for each message of the batch, whether it was queued."""
         commands = [command for each in batch for command in each.also]
         words: list[str | bytes | int] = [MAX_WAKE_TOKENS, len(commands)]
         for command in commands:
@@ -222,8 +241,13 @@ class Enqueuer:
         by_queue: dict[str, list[Pending]] = {}
         for each in batch:
             by_queue.setdefault(each.queue_name, []).append(each)
+        order: list[Pending] = []
         for queue_name, queued in by_queue.items():
             words += (queue_key(queue_name), wake_key(queue_name), len(queued))
             for each in queued:
-                words += (each.redis_message_id, each.data)
-        await self.script(args=words)
+                key, ttl = each.once or ("", 0)
+                words += (each.redis_message_id, each.data, key, ttl)
+            order += queued
+        replies = await self.script(args=words)
+        queued_by_id = {id(each): bool(r) for each, r in zip(order, replies, strict=True)}
+        return [queued_by_id[id(each)] for each in batch]

@@ -170,6 +170,9 @@ class Document:
         self.paths.setdefault(template(path), {})[method] = item
 
     def answer(self, answer: Answer) -> dict[str, Any]:
+        headers = {"X-Request-Id": REQUEST_ID_HEADER, **answer.headers}
+        if not answer.media_type:  # no body
+            return {"description": answer.description, "headers": headers}
         content: dict[str, Any]
         if answer.media_type == JSON:
             schema = self.ref(answer.model)
@@ -184,11 +187,7 @@ class Document:
             if answer.example is not None:
                 media["example"] = answer.example
             content = {answer.media_type: media}
-        return {
-            "description": answer.description,
-            "headers": {"X-Request-Id": REQUEST_ID_HEADER, **answer.headers},
-            "content": content,
-        }
+        return {"description": answer.description, "headers": headers, "content": content}
 
     def render(self) -> dict[str, Any]:
         _, schemas = msgspec.json.schema_components(

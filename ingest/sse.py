@@ -49,6 +49,8 @@ MAX_STREAM_S: Final = 3600
 #: Tells EventSource to reconnect after this many milliseconds.
 RETRY_MS: Final = 1000
 STREAM_ID: Final = re.compile(EVENT_ID_PATTERN)
+#: Each part of a Redis stream id is an unsigned 64-bit integer.
+MAX_ID_PART: Final = 2**64 - 1
 SSE_HEADERS: Final = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # nginx: pass each event through as it is written
@@ -57,6 +59,19 @@ SSE_HEADERS: Final = {
 #: Ids of the two events a replay from Postgres sends: the whole text, then the end.
 REPLAY_TEXT_ID: Final = "0-1"
 REPLAY_END_ID: Final = "0-2"
+
+
+def at_the_end() -> Response:
+    """The answer to a client resuming at or past the stream's terminal event: 204, which
+    an EventSource takes as the end and stops reconnecting (after a 200 that closes, which
+    is how every stream ends, it would reconnect)."""
+    return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("1718000000000-3") as the pair Redis orders entries by."""
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq)
 
 
 def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
@@ -70,9 +85,13 @@ def resume_point(request: Request) -> str:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if not raw:
         return "0-0"
-    if not STREAM_ID.fullmatch(raw.strip()):
+    event_id = raw.strip()
+    # Redis refuses an id past 64 bits mid-stream; refuse it here, before any answer.
+    if not STREAM_ID.fullmatch(event_id) or any(
+        int(part) > MAX_ID_PART for part in event_id.split("-")
+    ):
         raise InvalidInput("Last-Event-ID", "must be an event id this stream sent (like 1-0).")
-    return raw.strip()
+    return event_id
 
 
 @documented(
@@ -114,6 +133,12 @@ def resume_point(request: Request) -> str:
                     '"completion_tokens":2,"cost_microcents":255}\n\n'
                 ),
             ),
+            Answer(
+                204,
+                "Last-Event-ID is the stream's terminal event, or past it: nothing is left, "
+                "and an EventSource stops reconnecting.",
+                media_type="",
+            ),
             failure(400, "Last-Event-ID is not an event id.", "invalid_request"),
             UNAUTHENTICATED,
             USER_DELETED,
@@ -141,20 +166,24 @@ async def stream_chat(request: Request) -> Response:
         async with database(state) as conn:
             await ensure_active(conn, user_id)
 
-    async def job_record() -> streams.JobRecord | None:
+    async def job_record() -> tuple[streams.JobRecord | None, streams.StreamEvent | None]:
         with redis_errors():
-            return await streams.read_job_record(state.redis, job_id)
+            return await streams.read_job_record_and_last_event(state.redis, job_id)
 
     # Postgres and Redis at once: the stream's first event waits for neither twice.
-    _, record = await asyncio.gather(active(), job_record())
+    _, (record, last) = await asyncio.gather(active(), job_record())
     if record is None:
         # The Redis stream expired (or never was): replay the finished exchange from Postgres.
         exchange = await find_exchange(state, user_id, job_id)
+        if exchange.status in streams.FINAL_STATUSES and after == REPLAY_END_ID:
+            return at_the_end()
         return StreamingResponse(
             replay(exchange, after), media_type="text/event-stream", headers=SSE_HEADERS
         )
     if record.user_id != user_id:
         raise NotFound()
+    if last is not None and last.terminal and entry_order(after) >= entry_order(last.id):
+        return at_the_end()
     return StreamingResponse(
         relay(state, job_id, after), media_type="text/event-stream", headers=SSE_HEADERS
     )

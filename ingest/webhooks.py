@@ -8,7 +8,7 @@ Svix deliver the event again later, so nothing is lost.
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 import orjson
@@ -20,7 +20,7 @@ from core import jobs
 from core.errors import InvalidInput
 from core.jobs import HANDLED_CLERK_EVENTS, ClerkEvent
 from core.logs import get_logger
-from core.queues import APPLY_CLERK_EVENT, IDENTITY_QUEUE
+from core.queues import APPLY_CLERK_EVENT, IDENTITY_QUEUE, NAMESPACE
 
 from .bodies import WebhookIgnored, WebhookQueued
 from .errors import ApiError
@@ -35,6 +35,10 @@ log = get_logger(__name__)
 #: `Route(max_body_size=...)` answers its 413 in plain text, not aiwrap's JSON.)
 MAX_BODY_BYTES = 1_048_576
 SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+#: Seconds a delivery's svix-id is remembered at the edge: longer than the 5 minutes
+#: within which Svix's signature accepts a replay of it. (The identity worker skips a
+#: redelivered svix-id too; this keeps replays off the queue.)
+REPLAY_WINDOW_S: Final = 600
 _WANTED_HEADERS = {name.encode(): name for name in (*SVIX_HEADERS, "content-length")}
 
 
@@ -90,6 +94,11 @@ def _verification_failure(reason: str) -> tuple[str, str]:
     if "No matching signature" in reason:
         return "bad_signature", "No signature in svix-signature matches the body and secret."
     return "malformed_svix_headers", "The svix-timestamp header is not a Unix time."
+
+
+def delivery_key(svix_id: str) -> str:
+    """The Redis key that marks a delivery as queued."""
+    return f"{NAMESPACE}:clerk:delivery:{svix_id}"
 
 
 def webhook_headers(scope: Scope) -> dict[str, str]:
@@ -153,8 +162,15 @@ class ClerkWebhookRoute:
         # The event goes on the queue as the text Clerk signed, which parse_event
         # found to be strict JSON: nothing to encode again, and no parsed copy held
         # while Redis answers.
-        await state.enqueuer.send(IDENTITY_QUEUE, APPLY_CLERK_EVENT, svix_id, orjson.Fragment(body))
-        await _answer(send, WebhookQueued(status="queued", svix_id=svix_id))
+        queued = await state.enqueuer.send(
+            IDENTITY_QUEUE,
+            APPLY_CLERK_EVENT,
+            svix_id,
+            orjson.Fragment(body),
+            once=(delivery_key(svix_id), REPLAY_WINDOW_S),
+        )
+        status: Literal["queued", "duplicate"] = "queued" if queued else "duplicate"
+        await _answer(send, WebhookQueued(status=status, svix_id=svix_id))
 
 
 async def _answer(send: Send, content: WebhookQueued | WebhookIgnored) -> None:
@@ -188,7 +204,12 @@ WEBHOOK: Final = Operation(
         for name in SVIX_HEADERS
     ],
     answers=[
-        Answer(200, "Queued, or ignored (not a user event).", (WebhookQueued, WebhookIgnored)),
+        Answer(
+            200,
+            "Queued; a duplicate (this svix-id was queued in the last 10 minutes: nothing "
+            "more is done); or ignored (not a user event).",
+            (WebhookQueued, WebhookIgnored),
+        ),
         failure(
             400,
             "Bad or stale signature, bad headers, or a body that is not a Clerk event.",

@@ -156,6 +156,28 @@ def test_after_the_stream_expired_the_answer_is_replayed_from_postgres(
     assert [e["event"] for e in resumed.events] == ["done"]
 
 
+def test_a_client_resuming_at_the_terminal_event_gets_204_and_no_stream(
+    http: httpx.Client, settings: Settings, db: Db, user_id: str
+) -> None:
+    # EventSource reconnects after every stream that closes, with the last id it got:
+    # at the end, that must not open a stream that only sends keepalives.
+    chat_id = fake_job(settings, user_id)
+    [delta] = publish(settings, chat_id, "Hello")
+    done = finish(settings, chat_id)
+    path, headers = f"/v1/chat/{chat_id}/stream", as_user(settings, user_id)
+    for at_or_past in (done, f"{stream_order(done)[0]}-{stream_order(done)[1] + 1}"):
+        response = http.get(path, headers={**headers, "Last-Event-ID": at_or_past}, timeout=5)
+        assert response.status_code == 204 and response.content == b""
+    resumed = read_sse(http, path, {**headers, "Last-Event-ID": delta})
+    assert [e["event"] for e in resumed.events] == ["done"]  # before the end: the rest
+    # The same once the stream has expired and the answer is replayed from Postgres.
+    stored = add_exchange(db, user_id, completion="Stored answer.")
+    replayed = read_sse(http, f"/v1/chat/{stored}/stream", headers)
+    end = replayed.events[-1]["id"]
+    again = http.get(f"/v1/chat/{stored}/stream", headers={**headers, "Last-Event-ID": end})
+    assert again.status_code == 204
+
+
 def test_a_browser_eventsource_may_authenticate_with_the_session_cookie(
     api: httpx.Client, clerk: ClerkSigner, settings: Settings, user_id: str
 ) -> None:

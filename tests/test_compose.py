@@ -137,6 +137,12 @@ def test_each_app_service_runs_a_real_aiwrap_subcommand(name: str) -> None:
         assert parse_queues(args.queues)
 
 
+def test_the_pgbouncer_image_is_pinned_to_a_release_tag_of_its_repository() -> None:
+    # edoburu/pgbouncer publishes its repository's tags (v1.24.1-p1), not bare versions.
+    image = services()["pgbouncer"]["image"]
+    assert re.fullmatch(r"edoburu/pgbouncer:v\d+\.\d+\.\d+-p\d+", image), image
+
+
 def test_ingest_and_workers_reach_postgres_only_through_pgbouncer() -> None:
     env = example_env()
     for name in ("ingest", "worker"):

@@ -48,7 +48,7 @@ def test_a_batch_larger_than_one_script_slice_lands_whole_and_in_order(
     broker.flush(QUEUE)
     redis.delete(wake_key(QUEUE))
     results = asyncio.run(send_all(broker, redis_url, 1_200))  # one batch: all sent at once
-    assert results == [None] * 1_200
+    assert results == [True] * 1_200  # each one queued
     messages = queued(redis, broker)
     assert [m.args for m in messages] == [(f"svix_{i}", {"n": i}) for i in range(1_200)]
     assert {m.queue_name for m in messages} == {QUEUE}
@@ -104,3 +104,26 @@ def test_a_message_json_cannot_encode_is_refused_before_it_is_queued(
 
     with pytest.raises(TypeError):
         asyncio.run(send())
+
+
+def test_a_message_sent_once_is_queued_once_however_often_it_is_sent(
+    broker: WakingRedisBroker, redis: redis_lib.Redis, redis_url: str
+) -> None:
+    broker.flush(QUEUE)
+    key = f"aiwrap:test:once:{uuid.uuid4().hex}"
+
+    async def go() -> list[bool]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            enqueuer = Enqueuer(client)
+            # In one batch, then in a batch of its own: each dropped but the first.
+            together = await asyncio.gather(
+                *(enqueuer.send(QUEUE, "some_actor", n, once=(key, 60)) for n in range(5))
+            )
+            return [*together, await enqueuer.send(QUEUE, "some_actor", 5, once=(key, 60))]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [True, False, False, False, False, False]
+    assert [m.args for m in queued(redis, broker)] == [(0,)]
+    assert 0 < redis.ttl(key) <= 60

@@ -7,6 +7,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -14,6 +15,7 @@ from core import jobs
 from core.db import CONNECTION_KWARGS
 from core.errors import InvalidEvent
 from core.jobs import parse_clerk_event
+from core.settings import Settings
 from core.users import is_tombstoned, provision_user
 from workers.identity import apply
 from workers.identity.apply import apply_change
@@ -158,6 +160,36 @@ def test_a_stale_update_after_a_delete_does_not_resurrect_the_user(
     assert db.execute(
         "SELECT deleted_at FROM user_tombstones WHERE user_id = %s", (user_id,)
     ).fetchone() == {"deleted_at": EPOCH + timedelta(milliseconds=T0 + 100)}
+
+
+def test_a_delete_is_final_even_for_a_newer_create_and_every_route_agrees(
+    migrated: str,
+    db: psycopg.Connection[dict[str, Any]],
+    http: httpx.Client,
+    settings: Settings,
+    user_id: str,
+) -> None:
+    # Clerk never reuses a deleted user's id: a newer create for it is refused, so the
+    # user table and the routes that read the tombstone tell the same story.
+    apply_events(
+        migrated,
+        [
+            (svix_id(), user_event("user.created", Version(user_id, T0))),
+            (svix_id(), delete_event(user_id, T0 + 100)),
+            (svix_id(), user_event("user.created", Version(user_id, T0 + 10_000))),
+            (svix_id(), user_event("user.updated", Version(user_id, T0 + 20_000))),
+        ],
+    )
+    assert user_row(db, user_id) is None
+    assert profile_row(db, user_id) is None
+    headers = {"Authorization": f"Bearer {settings.api_keys[0]}", "X-User-Id": user_id}
+    for response in (
+        http.get("/v1/usage", headers=headers),
+        http.get("/v1/chats", headers=headers),
+        http.post("/v1/chat", json={"prompt": "hi"}, headers=headers),
+    ):
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "user_deleted"
 
 
 def test_a_tombstone_keeps_the_latest_delete_time(

@@ -127,14 +127,23 @@ def test_a_processor_added_to_the_logging_chain_reaches_request_lines_too(
     assert next(line for line in written if line["event"] == "something_else")["stamped"]
 
 
-def test_request_ids_from_callers_are_redacted_and_bounded(
+def test_request_ids_from_callers_are_redacted_and_only_kept_when_well_formed(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    odd = ["r" * 65, 'x" "level":"error', "tab\there", "ünïcode"]
     with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as client:
         client.get("/healthz", headers={"x-request-id": "sk-proj-abcdefghijklmnop"})
-        client.get("/healthz", headers={"x-request-id": "r" * 500})
+        kept = client.get("/healthz", headers={"x-request-id": "req-2026.12:a_b"})
+        replaced = [
+            client.get("/healthz", headers=[(b"x-request-id", value.encode())]) for value in odd
+        ]
     output = capsys.readouterr().err
     assert "sk-proj-abcdefghijklmnop" not in output
-    [redacted, long] = [line for line in lines(output) if line["event"] == "request"]
+    [redacted, well_formed, *others] = [
+        line for line in lines(output) if line["event"] == "request"
+    ]
     assert redacted["request_id"] == "[redacted]"
-    assert long["request_id"] == "r" * 64
+    assert well_formed["request_id"] == kept.headers["x-request-id"] == "req-2026.12:a_b"
+    for line, response, sent in zip(others, replaced, odd, strict=True):
+        assert line["request_id"] == response.headers["x-request-id"] != sent
+        assert len(line["request_id"]) == 22  # one of ours

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -161,3 +162,20 @@ def test_async_actors_run_on_uvloop_without_touching_the_global_event_loop_polic
     finally:
         worker.stop()
     assert seen == [uvloop.Loop]
+
+
+def test_an_empty_openai_base_url_means_openai_even_when_the_variable_is_set_empty(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from workers.runtime import OPENAI_DEFAULT_BASE_URL, model_client
+
+    # What compose's env_file passes for `.env.example`'s `OPENAI_BASE_URL=`.
+    monkeypatch.setenv("OPENAI_BASE_URL", "")
+    client = model_client(replace(settings, openai_base_url=""))
+    assert str(client.base_url).rstrip("/") == OPENAI_DEFAULT_BASE_URL
+    client_elsewhere = model_client(replace(settings, openai_base_url="http://127.0.0.1:9/v1"))
+    assert str(client_elsewhere.base_url).rstrip("/") == "http://127.0.0.1:9/v1"
+    asyncio.run(client.close())
+    asyncio.run(client_elsewhere.close())

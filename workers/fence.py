@@ -69,6 +69,12 @@ FENCED: tuple[tuple[str, str, Callable[[], str], str], ...] = (
         "ee928ec3aaab01363cf1488420a0ea46dde0b1ef99df7d1feadbc553b2622717",
     ),
     (
+        "Actor.__call__",
+        "core/logs.py: the debug line with an actor's arguments, which ACTOR_RECEIVED hides",
+        _source(dramatiq.Actor.__call__),
+        "4301618bc7083fc46d989867999305dafffc4f9d6e3308d2936c703c821be539",
+    ),
+    (
         "AsyncIO.before_worker_boot",
         "workers/middleware.py: UvloopAsyncIO.before_worker_boot",
         _source(AsyncIO.before_worker_boot),

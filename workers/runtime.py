@@ -25,10 +25,26 @@ from .chat import upstream
 #: Seconds to connect to the model, and to wait for each next piece of its reply.
 OPENAI_CONNECT_TIMEOUT_S = 5.0
 OPENAI_READ_TIMEOUT_S = 60.0
+#: Where the model client goes when OPENAI_BASE_URL is empty. Passed explicitly: given
+#: None, the SDK would read OPENAI_BASE_URL itself, and an empty one (an env file's
+#: `OPENAI_BASE_URL=`) would make every call fail to connect.
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Redis connections one worker process opens at most.
 REDIS_MAX_CONNECTIONS = 200
 
 log = get_logger(__name__)
+
+
+def model_client(settings: Settings) -> AsyncOpenAI:
+    """The model client: it never retries on its own (the chat actor does), and an empty
+    OPENAI_BASE_URL means OpenAI's, as the settings table says."""
+    return AsyncOpenAI(
+        api_key=settings.openai_api_key or "unset",
+        base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+        max_retries=0,
+        timeout=Timeout(OPENAI_READ_TIMEOUT_S, connect=OPENAI_CONNECT_TIMEOUT_S),
+        http_client=upstream.http_client(),
+    )
 
 
 class Runtime:
@@ -81,13 +97,7 @@ class Runtime:
             )
         )
         self.cancels.start(self._redis)
-        self._openai = AsyncOpenAI(
-            api_key=self.settings.openai_api_key or "unset",
-            base_url=self.settings.openai_base_url or None,
-            max_retries=0,
-            timeout=Timeout(OPENAI_READ_TIMEOUT_S, connect=OPENAI_CONNECT_TIMEOUT_S),
-            http_client=upstream.http_client(),
-        )
+        self._openai = model_client(self.settings)
         pool = make_pool(self.settings.database_url, name="worker")
         await pool.open(wait=False)
         self._pool = pool

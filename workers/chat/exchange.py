@@ -75,6 +75,8 @@ class Chat:
         self.published_len = 0
         self.diverged = False
         self.started = time.perf_counter()
+        #: From enqueue to this run's start: measured now, not when the metadata is written.
+        self.queue_ms = since(job.requested_at)
         self.gate = upstream.Gate()
 
     @property
@@ -163,17 +165,36 @@ class Chat:
         if outcome is None:
             self.gate.open()
             await self._converse(reply, cancel, call)
-            outcome = await with_db_retries(
-                lambda: record.finish(
-                    self.rt,
-                    job,
-                    reply,
-                    completion=self.published,
-                    metadata=self._metadata(reply),
-                    latency_ms=int((time.perf_counter() - self.started) * 1e3),
-                )
-            )
+            outcome = await self._finish(reply)
         await self._end(outcome)
+
+    async def _finish(self, reply: Reply) -> Outcome:
+        """Finish the row and meter the call. Should Postgres refuse the statement for
+        good, the exchange is finished as an error with what is known, metered all the
+        same, rather than left running with its usage lost."""
+
+        def finish(completion: str, **extra: Any) -> Awaitable[Outcome]:
+            return record.finish(
+                self.rt,
+                self.job,
+                reply,
+                completion=completion,
+                metadata={**self._metadata(reply), **extra},
+                latency_ms=int((time.perf_counter() - self.started) * 1e3),
+            )
+
+        try:
+            return await with_db_retries(lambda: finish(self.published))
+        except Exception as error:
+            if is_transient(error):
+                raise  # the whole run is retried, and resumes
+            refused = type(error).__name__
+            log.error("chat_finish_refused", job_id=self.job.id, error=refused)
+            reply.error = ("internal_error", "The exchange could not be recorded as sent.")
+            chars = len(self.published)
+            return await with_db_retries(
+                lambda: finish("", finish_refused=refused, completion_chars=chars)
+            )
 
     async def _end(self, outcome: Outcome) -> None:
         await streams.finish(
@@ -230,7 +251,7 @@ class Chat:
             "request": self.job.request_metadata(),
             "finish_reason": reply.finish_reason,
             "ttft_ms": reply.ttft_ms,
-            "queue_ms": since(self.job.requested_at),
+            "queue_ms": self.queue_ms,
             "upstream_calls": reply.upstream_calls,
         }
         if reply.refusal is not None:

@@ -17,6 +17,7 @@ from core import metering, streams
 from core.jobs import ChatJob
 from core.logs import get_logger
 from core.sqlfiles import statements
+from core.storable import replaced_counts, storable, storable_json
 
 from .. import metrics
 from ..runtime import Runtime
@@ -41,12 +42,14 @@ async def begin(
     """Open the exchange's row (None: go on and call the model), or say how it ended."""
     start = metering.month_start()
     opened = {"state": "running", "attempt": 1, "request": job.request_metadata()}
+    if replaced := replaced_counts(prompt=job.prompt):
+        opened["unstorable_replaced"] = replaced
     params: dict[str, Any] = {
         "id": job.id,
         "user_id": job.user_id,
         "model": job.model,
-        "prompt": job.prompt,
-        "metadata": Jsonb(opened),
+        "prompt": storable(job.prompt)[0],
+        "metadata": Jsonb(storable_json(opened)),
         "default_budget": rt.settings.default_monthly_token_budget,
         "priced": metering.price_for(rt.prices, job.model) is not None,
         "cancelled": cancelled,
@@ -72,9 +75,11 @@ async def begin(
         error["message"] = f"Model {job.model!r} has no price."
     if code == "budget_exceeded":
         metrics.BUDGET_REFUSALS.inc()
-    meta = {**refused_metadata, "error": error}
+    meta = {**refused_metadata, **_replaced(job, ""), "error": error}
     async with rt.pool.connection() as conn, conn.pipeline(), conn.transaction():
-        await conn.execute(SQL["log_refused_chat"], {**params, "metadata": Jsonb(meta)})
+        await conn.execute(
+            SQL["log_refused_chat"], {**params, "metadata": Jsonb(storable_json(meta))}
+        )
     return Outcome("error", streams.ERROR, error)
 
 
@@ -110,6 +115,7 @@ async def finish(
         prompt_tokens = completion_tokens = cost = 0
     meta = {
         **metadata,
+        **_replaced(job, completion),
         "usage_estimated": reply.usage is None and metered,
         "cost_microcents": cost,
         "status": status,
@@ -121,13 +127,13 @@ async def finish(
             SQL["finish_chat"],
             {
                 "id": job.id,
-                "completion": completion,
+                "completion": storable(completion)[0],
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "cost_microcents": cost,
                 "latency_ms": latency_ms,
                 "status": status,
-                "metadata": Jsonb(meta),
+                "metadata": Jsonb(storable_json(meta)),
                 "metered": metered,
             },
         )
@@ -148,3 +154,9 @@ async def finish(
             "cost_microcents": cost,
         },
     )
+
+
+def _replaced(job: ChatJob, completion: str) -> dict[str, Any]:
+    """The metadata that says which texts the row holds with characters replaced."""
+    replaced = replaced_counts(prompt=job.prompt, completion=completion)
+    return {"unstorable_replaced": replaced} if replaced else {}

@@ -22,6 +22,7 @@ from psycopg.rows import tuple_row
 
 from core.jobs import UserChanged, UserDeleted
 from core.sqlfiles import statements
+from core.storable import storable_json
 
 SQL = statements(__file__)
 
@@ -66,7 +67,10 @@ async def apply_changes(
     order given; the result does not depend on it.
     """
     params = {
-        "events": json.dumps([_as_json(svix_id, change) for svix_id, change in deliveries]),
+        # Clerk's strings as Postgres can store them (no NUL: core/storable.py).
+        "events": json.dumps(
+            storable_json([_as_json(svix_id, change) for svix_id, change in deliveries])
+        ),
         "budget": default_budget,
     }
     autocommit = conn.autocommit

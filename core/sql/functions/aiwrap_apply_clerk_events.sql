@@ -40,9 +40,10 @@ BEGIN
             changed := FOUND;
             INSERT INTO user_tombstones AS t (user_id, deleted_at) VALUES (ev.user_id, ev.at)
             ON CONFLICT (user_id) DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at);
-        ELSIF NOT EXISTS (
-            SELECT 1 FROM user_tombstones AS t WHERE t.user_id = ev.user_id AND t.deleted_at >= ev.at
-        ) THEN
+        -- A delete is final. Clerk never gives a deleted user's id to anyone again, so a
+        -- create or update for it, older or newer than the delete, is a stale retry or
+        -- a mistake: it applies to nothing, as chat, usage and history refuse the user.
+        ELSIF NOT EXISTS (SELECT 1 FROM user_tombstones AS t WHERE t.user_id = ev.user_id) THEN
             INSERT INTO "user" AS u (id, email, first_name, last_name, image_url, updated_at)
             VALUES (ev.user_id, ev.email, ev.first_name, ev.last_name, ev.image_url, ev.at)
             ON CONFLICT (id) DO UPDATE SET
