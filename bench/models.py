@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from core import jobs
+from core import decoding, jobs
 from devstack.clerk import sample_clerk_event
 from ingest.bodies import ChatRequest
 
@@ -98,11 +98,11 @@ def main() -> None:
 
     rows = {
         "webhook: decode and check the Clerk envelope": (
-            lambda: jobs.decode(jobs.ClerkEvent, webhook, root="event"),
+            lambda: decoding.decode(jobs.ClerkEvent, webhook, root="event"),
             lambda: PClerkEvent.model_validate_json(webhook),
         ),
         "POST /v1/chat: decode and validate the request": (
-            lambda: jobs.decode(ChatRequest, chat_body),
+            lambda: decoding.decode(ChatRequest, chat_body),
             lambda: PChatRequest.model_validate_json(chat_body),
         ),
         "worker: validate the queued job (a decoded dict)": (

@@ -9,7 +9,7 @@ The models are msgspec Structs rather than pydantic models: they decode and vali
 bytes in one pass, 1.4 to 5 times faster than pydantic models of the same fields and
 constraints on these paths (`python -m bench.models`), they encode what the Enqueuer
 queues, and msgspec gives the JSON Schema the OpenAPI document is built from. A field
-that fails gets one message, the same wherever it is caught (`decode`, `convert`):
+that fails gets one message, the same wherever it is caught (core/decoding.py):
 `InvalidInput(field, reason)`, which ingest answers 400 and a worker dead-letters.
 """
 
@@ -18,13 +18,12 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from .decoding import convert
 from .errors import InvalidChatJob, InvalidEvent, InvalidInput
-
-T = TypeVar("T")
 
 #: A Clerk user id: short ASCII (`user_...`). Used for X-User-Id, a JWT's sub and paths.
 USER_ID_PATTERN: Final = r"^[A-Za-z0-9_\-]{1,128}$"
@@ -47,51 +46,6 @@ ChatId = Annotated[
         description="A chat's id, which is its prompt_logs.id (a UUID).",
     ),
 ]
-
-_AT = re.compile(r"^(?P<why>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_NAMED = re.compile(r"(?P<kind>missing required|unknown) field `(?P<name>[^`]+)`")
-
-
-def invalid_input(error: msgspec.ValidationError, root: str) -> InvalidInput:
-    """The field a msgspec error is about (`messages[0].role`, under `root` when the
-    value was a part of something larger), and what is wrong with it."""
-    found = _AT.match(str(error))
-    assert found is not None  # the pattern matches any text
-    why, path = found["why"], found["path"] or ""
-    named = _NAMED.search(why)
-    if named:
-        path = f"{path}.{named['name']}"
-        why = "required." if named["kind"] == "missing required" else "unknown field."
-    if root in ("body", "event", "job"):  # the whole value: its fields are top-level names
-        return InvalidInput(path.removeprefix(".") or root, why)
-    return InvalidInput(f"{root}{path}", why)
-
-
-def decode(model: type[T], body: bytes, *, root: str = "body") -> T:
-    """`body` (JSON) as a `model`; raise InvalidInput naming the field, or ValueError for
-    text that is not a strict JSON object (no NaN, no lone surrogates, nesting bounded)."""
-    try:
-        return msgspec.json.decode(body, type=model)
-    except msgspec.ValidationError as error:
-        found = invalid_input(error, root)
-        if found.field == root:  # the whole value is of the wrong type
-            raise InvalidInput(root, "must be a JSON object.", code="invalid_json") from None
-        if found.reason == "unknown field." and found.field.isidentifier():
-            names = ", ".join(sorted(f.name for f in msgspec.structs.fields(model)))  # type: ignore[arg-type]
-            raise InvalidInput(found.field, f"unknown field; this takes {names}.") from None
-        raise found from None
-    except (msgspec.DecodeError, RecursionError) as error:  # RecursionError: absurd nesting
-        raise ValueError(str(error)) from None
-
-
-def convert(model: type[T], value: Any, *, root: str, error: type[InvalidInput]) -> T:
-    """A decoded message argument as a `model`; raise `error` naming the field."""
-    try:
-        return msgspec.convert(value, model)
-    except msgspec.ValidationError as failure:
-        found = invalid_input(failure, root)
-        raise error(found.field, found.reason) from None
-
 
 # -- chat ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Every body the HTTP API reads or writes, as a typed model.
 
-Requests are decoded and validated by msgspec (`core.jobs.decode`): an unknown or bad
+Requests are decoded and validated by msgspec (`core.decoding.decode`): an unknown or bad
 field is a 400 that names it, with the same message the workers would give for the
 same field of a job. Responses are encoded from these models, and the OpenAPI
 document (ingest/openapi.py) is generated from them.

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
-from core import jobs, metering
+from core import decoding, metering
 from core.errors import InvalidInput
 from core.faults import is_transient
 
@@ -134,7 +134,7 @@ async def read_model(request: Request, model: type[T], limit: int) -> T:
         ),
     )
     try:
-        return jobs.decode(model, body)
+        return decoding.decode(model, body)
     except ValueError:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
 

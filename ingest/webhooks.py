@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from core import jobs
+from core import decoding
 from core.errors import InvalidInput
 from core.jobs import HANDLED_CLERK_EVENTS, ClerkEvent
 from core.logs import get_logger
@@ -116,7 +116,7 @@ def parse_event(body: bytes) -> ClerkEvent:
     """The body as a Clerk event envelope (the identity job's, core/jobs.py), or BadWebhook."""
     try:
         # Strict JSON, so that what is queued always encodes back to JSON the worker reads.
-        return jobs.decode(ClerkEvent, body, root="event")
+        return decoding.decode(ClerkEvent, body, root="event")
     except ValueError:
         raise BadWebhook("invalid_json", "The body is not JSON.") from None
     except InvalidInput:

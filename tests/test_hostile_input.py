@@ -22,7 +22,7 @@ def test_a_lone_surrogate_in_the_prompt_is_400_not_500(
 ) -> None:
     headers = {**as_user(settings, user_id), "Content-Type": "application/json"}
     response = http.post("/v1/chat", content=b'{"prompt": "hi \\ud800"}', headers=headers)
-    assert_error(response, 400, "invalid_json")
+    assert_error(response, 400, "invalid_request", "prompt:", "surrogate")
 
 
 @pytest.mark.parametrize("limit", ["\u00b2", "9" * 5000, "-1", "1e2", " 5"])
