@@ -72,6 +72,10 @@ def _not_strict(body: bytes, root: str) -> InvalidInput | None:
         if isinstance(item, float) and not math.isfinite(item):
             return InvalidInput(path or root, "must be a finite number.")
         if isinstance(item, dict):
+            for key in item:
+                if SURROGATE.search(key):
+                    name = f"{path}.{key}" if path else key
+                    return InvalidInput(name, "a field name holds a lone UTF-16 surrogate.")
             stack += [(f"{path}.{k}" if path else k, v) for k, v in reversed(item.items())]
         elif isinstance(item, list):
             stack += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item)))]

@@ -15,52 +15,25 @@ that fails gets one message, the same wherever it is caught (core/decoding.py):
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from .decoding import convert
 from .errors import InvalidChatJob, InvalidEvent, InvalidInput
-
-#: A Clerk user id: short ASCII (`user_...`). Used for X-User-Id, a JWT's sub and paths.
-USER_ID_PATTERN: Final = r"^[A-Za-z0-9_\-]{1,128}$"
-USER_ID: Final = re.compile(USER_ID_PATTERN)
-
-UserId = Annotated[
-    str,
-    msgspec.Meta(pattern=USER_ID_PATTERN, description="A Clerk user id (`user_...`)."),
-]
-ModelName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=200, description="A model name with a price.")
-]
-MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
-Role = Literal["system", "developer", "user", "assistant"]
-ChatId = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-        description="A chat's id, which is its prompt_logs.id (a UUID).",
-    ),
-]
-
-# -- chat ---------------------------------------------------------------------------------
-
-
-class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One message of a conversation."""
-
-    role: Role
-    content: str
-
-
-def check_conversation(messages: tuple[ChatMessage, ...], field: str = "messages") -> None:
-    """Refuse a conversation with nothing to answer."""
-    if not any(m.content.strip() for m in messages):
-        raise InvalidInput(field, "every content is empty; there is nothing to answer.")
+from .messages import (
+    ChatId,
+    ChatMessage,
+    MaxTokens,
+    Message,
+    ModelName,
+    ModelParams,
+    Temperature,
+    UserId,
+    check_conversation,
+)
 
 
 class ChatJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -69,10 +42,11 @@ class ChatJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: ChatId
     user_id: UserId
     model: ModelName
-    messages: Annotated[tuple[ChatMessage, ...], msgspec.Meta(min_length=1)]
+    messages: Annotated[tuple[Message, ...], msgspec.Meta(min_length=1)]
     requested_at: Annotated[str, msgspec.Meta(min_length=1)]
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
+    params: ModelParams = ModelParams()
 
     def __post_init__(self) -> None:
         check_conversation(self.messages)
@@ -80,8 +54,8 @@ class ChatJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def prompt(self) -> str:
         """The text logged as the prompt: the last user message."""
-        users = [m.content for m in self.messages if m.role == "user"]
-        return users[-1] if users else self.messages[-1].content
+        users = [m.text for m in self.messages if m.role == "user"]
+        return users[-1] if users else self.messages[-1].text
 
     def request_metadata(self) -> dict[str, Any]:
         """What prompt_logs.metadata records of the request."""
@@ -91,16 +65,18 @@ class ChatJob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "temperature": self.temperature,
             "messages": len(self.messages),
             "requested_at": self.requested_at,
+            **({"params": sorted(self.params.given())} if self.params.given() else {}),
         }
 
 
 def new_job(
     user_id: str,
-    messages: tuple[ChatMessage, ...] | list[dict[str, str]],
+    messages: tuple[ChatMessage, ...] | tuple[Message, ...] | list[dict[str, Any]],
     *,
     model: str,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    params: ModelParams | None = None,
     job_id: str | None = None,
     now: datetime | None = None,
 ) -> ChatJob:
@@ -113,6 +89,7 @@ def new_job(
             "messages": [msgspec.to_builtins(m) for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
+            "params": msgspec.to_builtins(params or ModelParams()),
             "requested_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(),
         }
     )

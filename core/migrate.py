@@ -30,6 +30,15 @@ class MigrationReport:
     def changed(self) -> bool:
         return bool(self.created or self.replaced)
 
+    def summary(self) -> str:
+        """One line: how many objects were created and replaced."""
+        if not self.changed:
+            return "Schema is up to date: nothing to do."
+        return (
+            f"Applied the schema: created {len(self.created)} objects, replaced "
+            f"{len(self.replaced)} functions (`aiwrap migrate` lists them)."
+        )
+
     def describe(self) -> str:
         if not self.changed:
             return "Schema is up to date: nothing to do."

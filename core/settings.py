@@ -47,6 +47,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIWRAP_LOG_LEVEL", "INFO", "Lowest log level written."),
     Setting("AIWRAP_STREAM_TTL_SECONDS", "3600", "How long a finished chat stream stays readable."),
     Setting("AIWRAP_MAX_CHAT_BYTES", "262144", "Largest chat request body accepted, in bytes."),
+    Setting(
+        "AIWRAP_CORS_ORIGINS",
+        "",
+        "Comma-separated origins whose pages may call /v1 from a browser; empty: none.",
+    ),
 )
 
 
@@ -68,6 +73,7 @@ class Settings:
     log_level: str = "INFO"
     stream_ttl_seconds: int = 3600
     max_chat_bytes: int = 262144
+    cors_origins: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
@@ -123,6 +129,7 @@ class Settings:
             max_chat_bytes=_int(
                 "AIWRAP_MAX_CHAT_BYTES", get("AIWRAP_MAX_CHAT_BYTES"), minimum=1024
             ),
+            cors_origins=_origins(_csv(get("AIWRAP_CORS_ORIGINS"))),
         )
 
 
@@ -182,6 +189,16 @@ def _webhook_secret(secret: str) -> str:
             "secret from Clerk's dashboard, `whsec_` then base64."
         ) from None
     return secret
+
+
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    for origin in origins:
+        if origin == "*" or "://" not in origin or origin.endswith("/"):
+            raise ConfigurationError(
+                f"Setting AIWRAP_CORS_ORIGINS: {origin!r} is not an origin; name each one, "
+                "as a browser sends it (https://app.example.com), never *."
+            )
+    return origins
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -8,10 +8,8 @@ Ctrl-C stops everything this started.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,25 +22,10 @@ import httpx
 from core.migrate import apply_schema
 
 from .embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from .local import dev_secrets, write_dev_env
 
 DEV_REDIS_PORT = 6390
 DEV_MODEL_PORT = 8001
-
-
-def dev_secrets(data_dir: Path) -> dict[str, str]:
-    """The local webhook secret and service key: made once, then read back."""
-    path = data_dir / "dev-secrets.json"
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored
-    made = {
-        "CLERK_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
-        "AIWRAP_API_KEYS": "aiw_dev_" + secrets.token_urlsafe(24),
-    }
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(made, indent=2))
-    path.chmod(0o600)
-    return made
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -66,25 +49,28 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0
 def banner(port: int, env: dict[str, str], started: list[str]) -> str:
     base = f"http://127.0.0.1:{port}"
     key = env["AIWRAP_API_KEYS"].split(",")[0]
+    venv = Path(sys.prefix) / "bin" / "activate"
     return f"""
-aiwrap dev is running ({", ".join(started)}).
+aiwrap dev is running ({", ".join(started)}): {base}, model at {
+        env.get("OPENAI_BASE_URL") or "OpenAI (OPENAI_API_KEY is set)"
+    }.
+Paste into another terminal:
 
-  ingest          {base}   (/healthz, /readyz, /webhooks/clerk, /v1/...)
-  model endpoint  {env.get("OPENAI_BASE_URL") or "OpenAI (OPENAI_API_KEY is set)"}
-  DATABASE_URL    {env["DATABASE_URL"]}
-  REDIS_URL       {env["REDIS_URL"]}
+  . {venv}
+  export DATABASE_URL='{env["DATABASE_URL"]}'
+  export REDIS_URL='{env["REDIS_URL"]}'
+  export KEY='{key}'
+  aiwrap send-webhook user.created user_demo
+  curl -s {base}/v1/chat/completions -H "Authorization: Bearer $KEY" \\
+       -H 'X-User-Id: user_demo' -H 'Content-Type: application/json' \\
+       -d '{{"messages": [{{"role": "user", "content": "Hello!"}}]}}'
+  curl -N {base}/v1/chat/completions -H "Authorization: Bearer $(aiwrap token user_demo)" \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  psql "$DATABASE_URL" -c 'select id, email from "user"' \\
+       -c 'select status, completion from prompt_logs'
 
-  CLERK_WEBHOOK_SECRET={env["CLERK_WEBHOOK_SECRET"]}
-  AIWRAP_API_KEYS={key}
-
-Try it:
-  export CLERK_WEBHOOK_SECRET={env["CLERK_WEBHOOK_SECRET"]}
-  aiwrap send-webhook --url {base}/webhooks/clerk user.created user_demo
-  curl -s {base}/v1/chat -H 'Authorization: Bearer {key}' -H 'X-User-Id: user_demo' \\
-       -H 'Content-Type: application/json' -d '{{"prompt": "Hello!"}}'
-  curl -N {base}/v1/chat/<id>/stream -H 'Authorization: Bearer {key}' -H 'X-User-Id: user_demo'
-
-Ctrl-C stops everything.
+Ctrl-C stops everything; `aiwrap dev --reset` starts over with nothing.
 """
 
 
@@ -92,9 +78,12 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_dev(data_dir: str, port: int) -> int:
+def run_dev(data_dir: str, port: int, reset: bool = False) -> int:
     """Bring the stack up, print how to use it, and wait for Ctrl-C."""
     root = Path(data_dir).resolve()
+    if reset and root.exists():
+        shutil.rmtree(root)
+        print(f"aiwrap dev: removed {root} (its database, queue and local secrets).", flush=True)
     env = dict(os.environ)
     env.setdefault("AIWRAP_LOG_FORMAT", "console")
     for name, value in dev_secrets(root).items():
@@ -113,7 +102,8 @@ def run_dev(data_dir: str, port: int) -> int:
             env["REDIS_URL"] = redis.start()
             stack.callback(redis.stop)
             started.append("embedded Redis")
-        print(apply_schema(env["DATABASE_URL"]).describe(), flush=True)
+        report = apply_schema(env["DATABASE_URL"])
+        print(report.summary(), flush=True)
 
         def stop_children() -> None:
             for child in children:
@@ -144,6 +134,14 @@ def run_dev(data_dir: str, port: int) -> int:
         children.append(ingest)
         children.append(_spawn(["worker", "--processes", "1"], env))
         _wait_http(f"http://127.0.0.1:{port}/healthz", ingest)
+        write_dev_env(
+            root,
+            {
+                "DATABASE_URL": env["DATABASE_URL"],
+                "REDIS_URL": env["REDIS_URL"],
+                "AIWRAP_URL": f"http://127.0.0.1:{port}",
+            },
+        )
         try:
             print(banner(port, env, started or ["your own services"]), flush=True)
             while all(child.poll() is None for child in children):

@@ -33,6 +33,7 @@ from .replies import (
     Completion,
     RequestFailed,
     StreamCut,
+    count_tokens,
     parse_chat_request,
     plan_completion,
 )
@@ -95,8 +96,20 @@ class ModelServer:
         await asyncio.sleep((s.get("ttft_ms", 0) + s.get("delay_ms", 0) * (n - 1)) / 1e3)
         completion.sent = n
         completion.mark_first_token()  # a JSON reply's first token arrives with its last
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(completion.pieces),
+            "refusal": None,
+        }
+        if completion.tool_call is not None:
+            call_id, name, parts = completion.tool_call
+            function = {"name": name, "arguments": "".join(parts)}
+            message |= {
+                "content": None,
+                "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+            }
+            completion.sent = count_tokens("".join(parts))
         self.record(completion)
-        message = {"role": "assistant", "content": "".join(completion.pieces), "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         body = {**completion.envelope("chat.completion"), "choices": [choice]}
         if not s.get("no_usage"):
@@ -124,6 +137,15 @@ class ModelServer:
 
         await asyncio.sleep(s.get("ttft_ms", 0) / 1e3)
         yield chunk({"role": "assistant", "content": "", "refusal": None})
+        if completion.tool_call is not None:
+            call_id, name, parts = completion.tool_call
+            completion.mark_first_token()
+            first = {"index": 0, "id": call_id, "type": "function"}
+            yield chunk({"tool_calls": [{**first, "function": {"name": name, "arguments": ""}}]})
+            for part in parts:
+                await asyncio.sleep(s.get("delay_ms", 0) / 1e3)
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+            completion.sent = count_tokens("".join(parts))
         for piece in pieces[: s.get("cut_after")]:
             if completion.sent:
                 await asyncio.sleep(s.get("delay_ms", 0) / 1e3)

@@ -33,6 +33,8 @@ which are removed from the prompt before the reply is made:
     no_usage=1     never send usage: no usage chunk, and no `usage` in a JSON reply
     filter=1       stop after at most 3 content chunks with finish_reason "content_filter"
     refuse=1       answer 400 with code "content_policy_violation"
+    tool_call=1    with `tools` in the request: call the first tool, with arguments
+                   {"prompt": <prompt>} streamed in 4 pieces, finish_reason "tool_calls"
 
 `max_tokens` (or `max_completion_tokens`) truncates the reply and sets finish_reason
 "length". Run it with `uvicorn devstack.model_server:app`, `serve(host, port)`, or in-process
@@ -61,7 +63,9 @@ DIRECTIVES = re.compile(r"\[\[([^\[\]]*)\]\]")
 TOKEN = re.compile(r"\w+|[^\w\s]")
 PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")  # one token and the whitespace before it
 SWITCHES = ("ttft_ms", "delay_ms", "words", "fail_before", "fail_times", "cut_after")
-FLAGS = ("no_usage", "filter", "refuse")
+FLAGS = ("no_usage", "filter", "refuse", "tool_call")
+#: Pieces a tool call's arguments are streamed in.
+TOOL_PIECES = 4
 
 
 class RequestFailed(Exception):
@@ -95,6 +99,10 @@ class ChatRequest:
     max_tokens: int | None
     switches: dict[str, int]
     directive_text: str
+    #: The function a `tool_call=1` reply calls: the first of the request's tools.
+    tool: str | None = None
+    #: The request's top-level fields, for `/_stats` (what reached the model).
+    fields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -109,6 +117,8 @@ class Completion:
     created: int = field(default_factory=lambda: int(time.time()))
     sent: int = 0
     ttft_ms: float | None = None
+    #: A tool call's id, function and arguments in pieces, when the reply is one.
+    tool_call: tuple[str, str, list[str]] | None = None
 
     def envelope(self, kind: str) -> dict[str, Any]:
         """The fields every completion object and chunk starts with."""
@@ -131,6 +141,7 @@ class Completion:
             "completion_tokens": self.sent,
             "ttft_ms": self.ttft_ms,
             "finish_reason": self.finish,
+            "fields": list(self.chat.fields),
         }
 
 
@@ -185,6 +196,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
         raise RequestFailed(400, "'max_tokens' must be a positive integer.")
     options = data.get("stream_options")
+    tools = data.get("tools")
+    tool = None
+    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        function = tools[0].get("function")
+        tool = function.get("name") if isinstance(function, dict) else None
     return ChatRequest(
         model=str(data.get("model") or MODELS[0]),
         # The prompt is the last user message without its directives, whitespace collapsed.
@@ -195,6 +211,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         max_tokens=max_tokens,
         switches=_parse_switches(directive_text),
         directive_text=directive_text,
+        tool=tool if isinstance(tool, str) else None,
+        fields=tuple(sorted(data)),
     )
 
 
@@ -206,4 +224,11 @@ def plan_completion(chat: ChatRequest, started: float) -> Completion:
         pieces, finish = pieces[: chat.max_tokens], "length"
     if chat.switches.get("filter"):
         pieces, finish = pieces[:FILTER_AFTER], "content_filter"
+    if chat.switches.get("tool_call") and chat.tool is not None:
+        arguments = json.dumps({"prompt": chat.prompt})
+        size = -(-len(arguments) // TOOL_PIECES)
+        parts = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+        completion = Completion(chat, [], "tool_calls", started)
+        completion.tool_call = (f"call_{uuid.uuid4().hex[:24]}", chat.tool, parts)
+        return completion
     return Completion(chat, pieces, finish, started)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from core.errors import InvalidInput
-from core.jobs import USER_ID, UserId
+from core.messages import USER_ID, UserId
 from core.users import set_profile
 
 from . import auth

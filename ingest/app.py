@@ -19,7 +19,8 @@ from core.errors import InvalidInput
 from core.logs import TurnLog, configure_logging, get_logger
 from core.settings import Settings
 
-from . import admin, chat, health, history, metrics, openapi, sse, webhooks
+from . import admin, chat, completions, health, history, metrics, openapi, sse, webhooks
+from .cors import ApiCors
 from .errors import ApiError, handle_api_error, handle_http_exception, handle_invalid_input
 from .state import IngestState
 
@@ -124,12 +125,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *health.routes,
             *metrics.routes,
             *openapi.routes,
+            *completions.routes,
             *chat.routes,
             *sse.routes,
             *history.routes,
             *admin.routes,
         ],
-        middleware=[Middleware(RequestContext)],
+        middleware=[
+            Middleware(RequestContext),
+            *(
+                [Middleware(ApiCors, origins=settings.cors_origins)]
+                if settings.cors_origins
+                else []
+            ),
+        ],
         exception_handlers={
             ApiError: handle_api_error,
             InvalidInput: handle_invalid_input,

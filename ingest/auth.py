@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import Request
 
-from core.jobs import USER_ID
 from core.logs import get_logger
+from core.messages import USER_ID
 from core.settings import Settings
 from core.users import is_tombstoned
 

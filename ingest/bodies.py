@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from core.errors import InvalidInput
-from core.jobs import ChatId, ChatMessage, MaxTokens, ModelName, Temperature, check_conversation
+from core.messages import ChatId, ChatMessage, MaxTokens, ModelName, Temperature, check_conversation
 
 #: The largest value of a Postgres bigint.
 BIGINT_MAX = 2**63 - 1

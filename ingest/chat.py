@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from core import history, metering, streams
-from core.jobs import ChatId, new_job
+from core.jobs import ChatJob, new_job
+from core.messages import ChatId, ChatMessage, Message, ModelParams
 from core.queues import CHAT_QUEUE, RUN_CHAT
 
 from . import auth
@@ -100,10 +101,36 @@ async def create_chat(request: Request) -> Response:
     state = IngestState.of(request)
     user_id = require_user(caller(request))
     body = await read_model(request, ChatRequest, state.settings.max_chat_bytes)
-    model = body.model
+    job = await start_chat(
+        state,
+        user_id,
+        body.conversation,
+        model=body.model,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+    )
+    url = f"/v1/chat/{job.id}"
+    return BodyResponse(
+        ChatAccepted(id=job.id, status="queued", url=url, stream_url=f"{url}/stream"),
+        status_code=202,
+        headers={"Location": url},
+    )
+
+
+async def start_chat(
+    state: IngestState,
+    user_id: str,
+    conversation: tuple[ChatMessage, ...] | tuple[Message, ...],
+    *,
+    model: str | None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    params: ModelParams | None = None,
+) -> ChatJob:
+    """Admit a chat and queue it, or raise why not: the one way in, for the native
+    route and the Chat Completions one alike. Without `model`, the user's default."""
     if model is not None:
         check_priced(state, model)
-
     async with database(state) as conn:
         admitted = await metering.admission(conn, user_id)
     if admitted.deleted:
@@ -115,28 +142,23 @@ async def create_chat(request: Request) -> Response:
         raise ApiError(
             402, "budget_exceeded", "This month's token budget is used up; see GET /v1/usage."
         )
-
     job = new_job(
         user_id,
-        body.conversation,
+        conversation,
         model=model,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        params=params,
     )
-    # The job's record goes in with the message: the worker and this route's GETs
-    # rely on it being there.
+    # The job's record goes in with the message: the worker and the routes that read a
+    # chat rely on it being there.
     record = streams.job_record_commands(
         job.id,
         streams.JobRecord(user_id, model, streams.QUEUED, job.requested_at),
         state.settings.stream_ttl_seconds,
     )
     await state.enqueuer.send(CHAT_QUEUE, RUN_CHAT, job, also=record)
-    url = f"/v1/chat/{job.id}"
-    return BodyResponse(
-        ChatAccepted(id=job.id, status="queued", url=url, stream_url=f"{url}/stream"),
-        status_code=202,
-        headers={"Location": url},
-    )
+    return job
 
 
 # -- GET /v1/chat/{id} and DELETE /v1/chat/{id} -------------------------------------------

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.errors import InvalidInput
+from core.storable import storable
 
 from .bodies import ErrorBody, ErrorDetail
 from .responses import BodyResponse
@@ -33,7 +34,9 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    return BodyResponse(ErrorBody(ErrorDetail(code, message)), status, headers)
+    # A message may quote what the caller sent (a field's name, a value): as text that
+    # encodes, a lone surrogate or a NUL of theirs marked, not a 500 of ours.
+    return BodyResponse(ErrorBody(ErrorDetail(code, storable(message)[0])), status, headers)
 
 
 async def handle_api_error(_request: Request, exc: Exception) -> Response:

@@ -127,6 +127,8 @@ class Document:
         if not (isinstance(model, type) and issubclass(model, msgspec.Struct)):
             return msgspec.json.schema(model)
         if model not in self.models:
+            if any(m.__name__ == model.__name__ for m in self.models):
+                raise TypeError(f"Two models are named {model.__name__}: rename one.")
             self.models.append(model)
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 

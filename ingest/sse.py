@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -38,14 +36,10 @@ from .openapi import (
     documented,
     failure,
 )
+from .relay import chat_events
 from .requests import NotFound, caller, chat_id, database, redis_errors
 from .state import IngestState
 
-#: How long one XREAD waits before the stream sends a keepalive comment. Well under the
-#: Redis client's 10 s socket timeout and the 30-60 s idle timeouts of common proxies.
-KEEPALIVE_MS: Final = 5000
-#: Whole seconds one SSE response may last; EventSource reconnects with Last-Event-ID.
-MAX_STREAM_S: Final = 3600
 #: Tells EventSource to reconnect after this many milliseconds.
 RETRY_MS: Final = 1000
 STREAM_ID: Final = re.compile(EVENT_ID_PATTERN)
@@ -192,34 +186,13 @@ async def stream_chat(request: Request) -> Response:
 async def relay(state: IngestState, job_id: str, after: str) -> AsyncIterator[str]:
     """The chat's Redis stream as SSE, from after `after` to its terminal event."""
     yield f"retry: {RETRY_MS}\n\n"
-    deadline = time.monotonic() + MAX_STREAM_S
-    while time.monotonic() < deadline:
-        try:
-            events = await streams.read_events(
-                state.redis, job_id, after_id=after, block_ms=KEEPALIVE_MS, count=256
-            )
-            if not events and not await state.redis.exists(streams.job_key(job_id)):
-                yield sse(
-                    streams.ERROR,
-                    {"code": "stream_expired", "message": "The chat's stream expired unfinished."},
-                )
-                return
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            # No id: a client reconnecting resumes after the last event it did get.
-            yield sse(
-                streams.ERROR,
-                {"code": "stream_unavailable", "message": "Redis went away; reconnect to resume."},
-            )
-            return
-        if not events:
+    async for event in chat_events(state.redis, job_id, after):
+        if event is None:
             yield ": keepalive\n\n"
-            continue
-        for event in events:
-            yield sse(event.event, event.data, event.id)
-            after = event.id
-            if event.terminal:
-                return
-    # Reached only after MAX_STREAM_S: EventSource reconnects, resuming where this left off.
+        else:
+            # An event of the relay's own (the stream broke) has no id: a client that
+            # reconnects resumes after the last event it did get.
+            yield sse(event.event, event.data, event.id or None)
 
 
 async def replay(exchange: Exchange, after: str) -> AsyncIterator[str]:

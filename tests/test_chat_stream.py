@@ -11,7 +11,7 @@ import redis as redis_lib
 
 from core import streams
 from core.settings import Settings
-from ingest import sse as sse_routes
+from ingest import relay
 
 from .chat_support import (
     Db,
@@ -78,7 +78,7 @@ def test_a_live_stream_relays_events_as_they_are_published(
     user_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sse_routes, "KEEPALIVE_MS", 100)
+    monkeypatch.setattr(relay, "KEEPALIVE_MS", 100)
     chat_id = fake_job(settings, user_id)
     result: dict[str, Sse] = {}
     waiting = threading.Event()

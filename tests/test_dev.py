@@ -27,20 +27,37 @@ UNSET = (
 )
 
 
-def start_dev(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in UNSET}
+
+
+def aiwrap(*args: str) -> subprocess.CompletedProcess[str]:
+    """An `aiwrap` command as a new user types it, nothing exported."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def start_dev(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    env = clean_env()
     data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / "dev.log").open("a") as log:
         return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "cli.main",
+                "cli",
                 "dev",
                 "--data-dir",
                 str(data_dir),
                 "--port",
                 str(port),
+                *extra,
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -97,12 +114,26 @@ def test_dev_starts_everything_answers_and_stops_cleanly(tmp_path: Path) -> None
         assert "local model server" in banner
         assert f"http://127.0.0.1:{port}" in banner
         secrets = json.loads((data_dir / "dev-secrets.json").read_text())
-        assert secrets["CLERK_WEBHOOK_SECRET"] in banner
-        assert secrets["AIWRAP_API_KEYS"] in banner
+        assert f"export KEY='{secrets['AIWRAP_API_KEYS']}'" in banner
+        assert "export DATABASE_URL=" in banner and "bin/activate" in banner
+        assert "+ table" not in banner  # the schema in one line, not sixty
 
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text
+        # The other commands find the stack from its folder, nothing exported.
+        sent = aiwrap("send-webhook", "user.created", "user_dev", "--data-dir", str(data_dir))
+        assert sent.returncode == 0 and '"queued"' in sent.stdout, sent.stderr
+        budget = aiwrap("budget", "user_dev", "500", "--data-dir", str(data_dir))
+        assert budget.returncode == 0 and "monthly_token_budget=500" in budget.stdout, budget.stderr
+        token = aiwrap("token", "user_dev", "--data-dir", str(data_dir))
+        assert token.returncode == 0, token.stderr
+        usage = httpx.get(
+            f"http://127.0.0.1:{port}/v1/usage",
+            headers={"Authorization": f"Bearer {token.stdout.strip()}"},
+            timeout=5,
+        )
+        assert usage.status_code == 200 and usage.json()["monthly_token_budget"] == 500
     finally:
         status = ctrl_c(process)
     assert status == 0
@@ -113,7 +144,18 @@ def test_dev_starts_everything_answers_and_stops_cleanly(tmp_path: Path) -> None
     try:
         banner = read_banner(process)
         assert "Schema is up to date" in banner
-        assert secrets["CLERK_WEBHOOK_SECRET"] in banner
+        assert secrets["AIWRAP_API_KEYS"] in banner
+    finally:
+        status = ctrl_c(process)
+    assert status == 0, (data_dir / "dev.log").read_text()[-4000:]
+    eventually(lambda: not descendants_alive(data_dir), 20, "aiwrap dev's processes to stop")
+
+    # --reset starts over: an empty database, new local secrets.
+    process = start_dev(data_dir, port, "--reset")
+    try:
+        banner = read_banner(process)
+        assert f"removed {data_dir}" in banner and "created" in banner
+        assert secrets["AIWRAP_API_KEYS"] not in banner
     finally:
         status = ctrl_c(process)
     assert status == 0, (data_dir / "dev.log").read_text()[-4000:]

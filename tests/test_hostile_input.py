@@ -25,6 +25,19 @@ def test_a_lone_surrogate_in_the_prompt_is_400_not_500(
     assert_error(response, 400, "invalid_request", "prompt:", "surrogate")
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"\\ud800": 1}', b'{"prompt": "x", "\\udfff\\u0000": 1}', b'{"\\ud800": "\\ud800"}']
+)
+def test_a_field_name_that_is_not_text_is_quoted_in_a_400_that_still_encodes(
+    http: httpx.Client, settings: Settings, user_id: str, body: bytes
+) -> None:
+    # Found by the fuzz test: the message names the field, and the name was a surrogate.
+    headers = {**as_user(settings, user_id), "Content-Type": "application/json"}
+    response = http.post("/v1/chat", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "\ufffd" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("limit", ["\u00b2", "9" * 5000, "-1", "1e2", " 5"])
 def test_a_limit_that_is_not_ascii_digits_in_range_is_400(
     http: httpx.Client, settings: Settings, user_id: str, limit: str

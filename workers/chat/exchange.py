@@ -71,6 +71,7 @@ class Chat:
         self.rt, self.job = runtime, job
         self.redis = runtime.redis
         self.earlier = ""  # text the stream already held: a previous run's
+        self.earlier_tool_deltas = 0  # and the tool-call deltas it held
         self.fresh: list[str] = []  # text this run added to the stream
         self.published_len = 0
         self.diverged = False
@@ -92,7 +93,7 @@ class Chat:
         # taken and the row opens; the call waits at the gate until the chat is
         # admitted, and is abandoned, having sent nothing, if it is not.
         reply = Reply()
-        model_call = ModelCall(self.rt.openai, job, self.gate, self._deliver)
+        model_call = ModelCall(self.rt.openai, job, self.gate, self._deliver, self._deliver_tools)
         with upstream.gated(self.gate):
             call = asyncio.create_task(model_call.run(reply))
         try:
@@ -142,6 +143,9 @@ class Chat:
             return
         self.earlier = "".join(
             str(e.data.get("content", "")) for e in events if e.event == streams.DELTA
+        )
+        self.earlier_tool_deltas = sum(
+            1 for e in events if e.event == streams.DELTA and "tool_calls" in e.data
         )
         self.published_len = len(self.earlier)
         # The row opens while the record says "running"; a refusal's final
@@ -245,6 +249,24 @@ class Chat:
         self.fresh.append(fresh)
         self.published_len = after
 
+    async def _deliver_tools(self, reply: Reply, deltas: list[dict[str, Any]]) -> None:
+        """Relay a chunk's tool-call deltas as they came; a rerun relays only those beyond
+        what the stream already holds, as with text."""
+        if reply.cancelled:
+            raise asyncio.CancelledError
+        reply.add_tool_deltas(deltas)
+        reply.tool_deltas += 1
+        if reply.tool_deltas <= self.earlier_tool_deltas:
+            return
+        first = self.published_len == 0 and reply.tool_deltas == 1
+        await streams.publish(
+            self.redis,
+            self.job.id,
+            streams.DELTA,
+            {"tool_calls": deltas},
+            ttl_seconds=self.rt.settings.stream_ttl_seconds if first else None,
+        )
+
     def _metadata(self, reply: Reply) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "state": "finished",
@@ -256,6 +278,8 @@ class Chat:
         }
         if reply.refusal is not None:
             meta["refusal"] = reply.refusal
+        if reply.tool_calls:  # the exchange's record keeps what the model asked to call
+            meta["tool_calls"] = reply.assembled_tool_calls()
         if reply.cancelled:
             meta["cancelled"] = True
         if self.published_len > reply.length or self.diverged:

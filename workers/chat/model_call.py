@@ -11,9 +11,10 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httpx2
+import msgspec
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -35,15 +36,23 @@ CANCEL_WAIT_S: Final = 2.0
 
 #: What the chat does with each piece of text as it arrives.
 Deliver = Callable[[Reply, str], Awaitable[None]]
+#: What the chat does with each chunk's tool-call deltas.
+DeliverTools = Callable[[Reply, list[dict[str, Any]]], Awaitable[None]]
 
 
 class ModelCall:
     """The model call of one run of a chat, delivering its text piece by piece."""
 
     def __init__(
-        self, client: openai.AsyncOpenAI, job: ChatJob, gate: upstream.Gate, deliver: Deliver
+        self,
+        client: openai.AsyncOpenAI,
+        job: ChatJob,
+        gate: upstream.Gate,
+        deliver: Deliver,
+        deliver_tools: DeliverTools,
     ) -> None:
-        self.client, self.job, self.gate, self.deliver = client, job, gate, deliver
+        self.client, self.job, self.gate = client, job, gate
+        self.deliver, self.deliver_tools = deliver, deliver_tools
 
     async def run(self, reply: Reply) -> None:
         """Call the model, retrying while no text has arrived; say how it ended in `reply`."""
@@ -68,7 +77,7 @@ class ModelCall:
                 retryable = True
                 reply.error = ("upstream_unavailable", f"The model stream failed: {error!r}")
                 wait = None
-            if not retryable or reply.pieces or backoff is None:
+            if not retryable or reply.pieces or reply.tool_deltas or backoff is None:
                 return
             delay = backoff * (0.5 + random.random()) if wait is None else wait  # noqa: S311
             log.info(
@@ -85,7 +94,7 @@ class ModelCall:
         job = self.job
         called = time.perf_counter()
         reply.upstream_calls += 1
-        messages = [{"role": m.role, "content": m.content} for m in job.messages]
+        messages = [msgspec.to_builtins(m) for m in job.messages]
         async with self.client.chat.completions.with_streaming_response.create(
             model=job.model,
             messages=cast("list[ChatCompletionMessageParam]", messages),
@@ -93,6 +102,7 @@ class ModelCall:
             stream_options={"include_usage": True},
             max_tokens=openai.omit if job.max_tokens is None else job.max_tokens,
             temperature=openai.omit if job.temperature is None else job.temperature,
+            **job.params.given(),
         ) as response:
             reply.opened = True
             async for piece in upstream.pieces(response):
@@ -104,6 +114,8 @@ class ModelCall:
                         reply.ttft_ms = round((time.perf_counter() - sent) * 1e3, 3)
                         metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(reply.ttft_ms / 1e3)
                     await self.deliver(reply, piece.content)
+                if piece.tool_calls:
+                    await self.deliver_tools(reply, piece.tool_calls)
                 if piece.refusal:
                     reply.refusal = (reply.refusal or "") + piece.refusal
                 if piece.finish_reason:

@@ -97,7 +97,7 @@ async def finish(
     if reply.usage is not None:
         prompt_tokens, completion_tokens = reply.usage
     else:
-        prompt_tokens = sum(estimate_tokens(m.content) for m in job.messages)
+        prompt_tokens = sum(estimate_tokens(m.text) for m in job.messages)
         completion_tokens = estimate_tokens(reply.text)
     cost = metering.cost_microcents(price, prompt_tokens, completion_tokens) if price else 0
     status, error = "ok", reply.error

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from core import streams
+from core.messages import fold_tool_deltas
 
 #: Tokens as the estimate counts them when the upstream sends no usage.
 TOKEN: Final = re.compile(r"\w+|[^\w\s]")
@@ -32,10 +33,20 @@ class Reply:
     error: tuple[str, str] | None = None
     refusal: str | None = None
     cancelled: bool = False
+    #: The tool calls so far, assembled from their deltas, by index.
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Tool-call deltas received, in order: a rerun skips those already published.
+    tool_deltas: int = 0
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    def add_tool_deltas(self, deltas: list[dict[str, Any]]) -> None:
+        fold_tool_deltas(self.tool_calls, deltas)
+
+    def assembled_tool_calls(self) -> list[dict[str, Any]]:
+        return [self.tool_calls[i] for i in sorted(self.tool_calls)]
 
 
 @dataclass(frozen=True)

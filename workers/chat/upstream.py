@@ -85,6 +85,8 @@ class Piece:
     refusal: str | None = None
     finish_reason: str | None = None
     usage: tuple[int, int] | None = None
+    #: The chunk's tool-call deltas, as the model sent them (`index`, `id`, `function`).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 async def pieces(response: AsyncAPIResponse[Any]) -> AsyncIterator[Piece]:
@@ -129,20 +131,25 @@ def _piece(payload: str, response: AsyncAPIResponse[Any]) -> Piece:
             response.http_request,
             body=error,
         )
-    return Piece(*_first_choice(chunk), usage=_usage(chunk.get("usage")))
+    return _first_choice(chunk, _usage(chunk.get("usage")))
 
 
-def _first_choice(chunk: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+def _first_choice(chunk: dict[str, Any], usage: tuple[int, int] | None) -> Piece:
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None, None, None
+        return Piece(usage=usage)
     choice = choices[0]
     delta = choice.get("delta")
     delta = delta if isinstance(delta, dict) else {}
-    return (
+    tool_calls = delta.get("tool_calls")
+    return Piece(
         _text(delta.get("content")),
         _text(delta.get("refusal")),
         _text(choice.get("finish_reason")),
+        usage,
+        [c for c in tool_calls if isinstance(c, dict)] or None
+        if isinstance(tool_calls, list)
+        else None,
     )
 
 
