@@ -39,6 +39,7 @@ from bench.chat_clients import (
     first_token,
     probes,
     sdk_alone,
+    sdk_first_tokens,
 )
 from bench.stack import (
     HOST,
@@ -158,11 +159,33 @@ async def run(
                 "baseline: the openai SDK alone, idle (1 call/s)",
                 await sdk_alone(client, model_url, args.idle),
             ),
+            summary(
+                "the openai SDK through aiwrap's /v1/chat/completions, idle (1 call/s)",
+                await sdk_first_tokens(
+                    client,
+                    model_url,
+                    f"{ingest_url}/v1",
+                    {"api_key": API_KEY, "X-User-Id": "user_bench_sdk"},
+                    args.idle,
+                    first_words=700,
+                ),
+            ),
+            summary(
+                "baseline: the same SDK calls straight at the model server, idle (1 call/s)",
+                await sdk_first_tokens(
+                    client,
+                    model_url,
+                    f"{model_url}/v1",
+                    {"api_key": "bench"},
+                    args.idle,
+                    first_words=900,
+                ),
+            ),
         ]
 
         context = multiprocessing.get_context("spawn")
         finished_chats = context.Value("i", 0)
-        settle_s, probing_s = 3.0, args.idle * 0.25 + 5
+        settle_s, probing_s = 3.0, args.idle * 0.4 + 10  # the probes, then the SDK probes
         load = context.Process(
             target=background_process,
             args=(port, args.load, settle_s + probing_s, "user_bench_load", finished_chats),
@@ -172,6 +195,15 @@ async def run(
         added = await probes(
             client, port, model_url, args.idle, 0.25, 10 + args.idle, "user_bench_loaded"
         )
+        added_sdk = await sdk_first_tokens(
+            client,
+            model_url,
+            f"{ingest_url}/v1",
+            {"api_key": API_KEY, "X-User-Id": "user_bench_sdk_loaded"},
+            args.idle // 2,
+            first_words=1100,
+            every=0.25,
+        )
         await asyncio.to_thread(load.join, 300)
         finished = finished_chats.value
         results.append(
@@ -179,6 +211,9 @@ async def run(
                 **summary(f"under load ({args.load} concurrent SSE streams)", added),
                 "background_chats_finished": finished,
             }
+        )
+        results.append(
+            summary(f"the openai SDK through aiwrap, under load ({args.load} streams)", added_sdk)
         )
 
         pid = worker_pid(supervisor)

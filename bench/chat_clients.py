@@ -165,6 +165,43 @@ async def sdk_alone(client: httpx.AsyncClient, model_url: str, count: int) -> li
     return [seen - server[tokens] for tokens, seen in results]
 
 
+async def sdk_first_tokens(
+    client: httpx.AsyncClient,
+    model_url: str,
+    base_url: str,
+    headers: dict[str, str],
+    count: int,
+    first_words: int,
+    every: float = 1.0,
+) -> list[float]:
+    """What an app sees: the openai SDK's own stream, from the call to the first content,
+    against `base_url` (aiwrap's /v1, or the model server itself), minus the model
+    server's own time to first token for that request."""
+    import openai
+
+    results = []
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key=headers.pop("api_key"), default_headers=headers, max_retries=0
+    ) as sdk:
+        for i in range(count):
+            words = first_words + i  # each reply's length tells the server's record apart
+            started = time.perf_counter()
+            stream = await sdk.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"{PROBE_PROMPT} [[words={words}]]"}],
+                stream=True,
+            )
+            first = None
+            async for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.perf_counter() - started
+            assert first is not None
+            results.append((PROBE_BASE_TOKENS + words, first))
+            await asyncio.sleep(every)
+    server = await server_ttfts(client, model_url)
+    return [seen - server[tokens] for tokens, seen in results]
+
+
 def background_process(
     port: int, streams: int, seconds: float, user_id: str, finished: Any
 ) -> None:

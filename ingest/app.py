@@ -19,7 +19,18 @@ from core.errors import InvalidInput
 from core.logs import TurnLog, configure_logging, get_logger
 from core.settings import Settings
 
-from . import admin, chat, completions, health, history, metrics, openapi, sse, webhooks
+from . import (
+    admin,
+    chat,
+    completions,
+    docs,
+    health,
+    history,
+    metrics,
+    openapi,
+    sse,
+    webhooks,
+)
 from .cors import ApiCors
 from .errors import ApiError, handle_api_error, handle_http_exception, handle_invalid_input
 from .state import IngestState
@@ -125,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *health.routes,
             *metrics.routes,
             *openapi.routes,
+            *docs.routes,
             *completions.routes,
             *chat.routes,
             *sse.routes,

@@ -1,0 +1,115 @@
+"""A real headless Chromium (Debian's `chromium`, installed by scripts/test) loads a page
+from another origin that streams a completion from aiwrap with fetch, authenticated by
+a Clerk session token: CORS, the token path and the stream, as a browser does them."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import dramatiq
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from core.settings import Settings
+from devstack.replies import reply_text
+from devstack.tokens import new_key_pair, session_token
+from ingest.app import create_app
+from workers.broker import build_broker
+
+from .support import ServerThread
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and CHROMIUM is None,
+    reason="Debian's chromium (scripts/test installs it; CI runs this or fails)",
+)
+
+PAGE = """<!doctype html>
+<pre id="out">pending</pre>
+<script>
+const params = new URLSearchParams(location.search);
+(async () => {
+  const response = await fetch(params.get("api") + "/v1/chat/completions", {
+    method: "POST",
+    headers: {"Authorization": "Bearer " + params.get("token"), "Content-Type": "application/json"},
+    body: JSON.stringify({model: "gpt-4o-mini", stream: true,
+                          messages: [{role: "user", content: "from the browser"}]}),
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let text = "", buffer = "", done = false;
+  while (!done) {
+    const read = await reader.read();
+    done = read.done;
+    buffer += decoder.decode(read.value || new Uint8Array(), {stream: !done});
+    let end;
+    while ((end = buffer.indexOf("\\n\\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (event.startsWith("data: ") && event !== "data: [DONE]") {
+        const chunk = JSON.parse(event.slice(6));
+        text += (chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content) || "";
+      }
+    }
+  }
+  document.getElementById("out").textContent = JSON.stringify(
+    {status: response.status, text, chatId: response.headers.get("X-Chat-Id")});
+})().catch((e) => { document.getElementById("out").textContent = "ERROR " + e; });
+</script>
+"""
+
+
+def test_a_page_from_another_origin_streams_a_completion_with_fetch(
+    settings: Settings, model_url: str, tmp_path: Path, user_id: str
+) -> None:
+    assert CHROMIUM is not None, "chromium is not installed"
+    private, public = new_key_pair()
+    broker = build_broker(replace(settings, openai_base_url=model_url, openai_api_key="test-key"))
+    dramatiq.set_broker(broker)
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    page_app = Starlette(routes=[Route("/", lambda _request: HTMLResponse(PAGE))])
+    try:
+        with ServerThread(page_app) as page:
+            browser_settings = replace(settings, clerk_jwt_key=public, cors_origins=(page.url,))
+            with ServerThread(create_app(browser_settings)) as api:
+                url = f"{page.url}/?api={api.url}&token={session_token(private, user_id)}"
+                dumped = subprocess.run(
+                    [
+                        CHROMIUM,
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}",
+                        "--virtual-time-budget=20000",
+                        "--dump-dom",
+                        url,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=90,
+                    check=False,
+                )
+    finally:
+        worker.stop()
+        broker.close()
+    found = re.search(r'<pre id="out">(.*?)</pre>', dumped.stdout, re.S)
+    assert found is not None, dumped.stderr[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["status"] == 200
+    assert result["text"] == reply_text("from the browser")
+    assert result["chatId"]  # exposed to the page by CORS
