@@ -299,3 +299,46 @@ def test_a_client_that_goes_away_mid_stream_stops_nothing(
     assert finished and row["status"] == "ok"
     assert row["completion"] == reply_text("leave early", 20)
     assert usage is not None
+
+
+def test_the_chat_id_reads_resumes_and_cancels_through_the_native_routes(
+    stack: Stack, user_id: str
+) -> None:
+    raw = client(stack, user_id).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "by id"}]
+    )
+    chat_id = raw.headers["x-chat-id"]
+    native = stack.url.removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {stack.settings.api_keys[0]}", "X-User-Id": user_id}
+    recorded = httpx.get(f"{native}/v1/chat/{chat_id}", headers=headers).json()
+    assert (recorded["status"], recorded["completion"]) == ("ok", reply_text("by id"))
+    replayed = httpx.get(f"{native}/v1/chat/{chat_id}/stream", headers=headers).text
+    assert "event: done" in replayed
+    cancelled = httpx.delete(f"{native}/v1/chat/{chat_id}", headers=headers)
+    assert cancelled.status_code == 409  # it already finished
+
+
+def test_a_body_over_the_limit_is_413_and_redis_down_is_503_in_openais_shape(
+    stack: Stack, settings: Settings, user_id: str
+) -> None:
+    sdk = client(stack, user_id, max_retries=0)
+    huge: Any = [{"role": "user", "content": "x" * (settings.max_chat_bytes + 1)}]
+    with pytest.raises(openai.APIStatusError) as too_large:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=huge)
+    assert too_large.value.status_code == 413
+    assert too_large.value.code == "request_too_large"
+    # An ingest whose Redis is gone: nothing accepted, a 503 the SDK may retry.
+    away = replace(settings, redis_url="redis://127.0.0.1:1/0")
+    with ServerThread(create_app(away)) as server:
+        down = openai.OpenAI(
+            api_key=settings.api_keys[0],
+            base_url=f"{server.url}/v1",
+            default_headers={"X-User-Id": user_id},
+            max_retries=0,
+        )
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            down.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+            )
+    assert unavailable.value.status_code == 503
+    assert unavailable.value.code == "queue_unavailable"
