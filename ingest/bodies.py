@@ -73,23 +73,6 @@ class Cancelling(msgspec.Struct, frozen=True):
     status: Literal["cancelling"]
 
 
-class Exchange(msgspec.Struct, frozen=True):
-    """One exchange as recorded: before the worker starts it, as Redis knows it."""
-
-    id: ChatId
-    created_at: str
-    model: str
-    prompt: str | None
-    completion: str | None
-    status: ChatStatus
-    prompt_tokens: int
-    completion_tokens: int
-    cost_microcents: int
-    latency_ms: int | None
-    finish_reason: str | None
-    metadata: dict[str, Any] | None = None
-
-
 class ExchangeSummary(msgspec.Struct, frozen=True):
     """One exchange of a page of history (its metadata left out)."""
 
@@ -104,6 +87,12 @@ class ExchangeSummary(msgspec.Struct, frozen=True):
     cost_microcents: int
     latency_ms: int | None
     finish_reason: str | None
+
+
+class Exchange(ExchangeSummary, frozen=True):
+    """One exchange as recorded: before the worker starts it, as Redis knows it."""
+
+    metadata: dict[str, Any] | None = None
 
 
 class HistoryPage(msgspec.Struct, frozen=True):

@@ -28,6 +28,7 @@ from .bodies import Cancelling, ChatAccepted, ChatRequest, Exchange
 from .errors import ApiError
 from .openapi import (
     NO_SUCH_CHAT,
+    STORES_DOWN,
     UNAUTHENTICATED,
     USER_DELETED,
     Answer,
@@ -202,12 +203,7 @@ async def find_exchange(state: IngestState, user_id: str, job_id: str) -> Exchan
             UNAUTHENTICATED,
             USER_DELETED,
             NO_SUCH_CHAT,
-            failure(
-                503,
-                "Redis or Postgres is unavailable.",
-                "redis_unavailable",
-                "database_unavailable",
-            ),
+            STORES_DOWN,
         ],
     )
 )
@@ -231,12 +227,7 @@ async def get_chat(request: Request) -> Response:
             USER_DELETED,
             NO_SUCH_CHAT,
             failure(409, "The chat already finished.", "already_finished"),
-            failure(
-                503,
-                "Redis or Postgres is unavailable.",
-                "redis_unavailable",
-                "database_unavailable",
-            ),
+            STORES_DOWN,
         ],
     )
 )

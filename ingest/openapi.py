@@ -63,6 +63,9 @@ NO_SUCH_CHAT: Final = failure(
     404, "No chat with this id for this user (someone else's looks the same).", "not_found"
 )
 DATABASE_DOWN: Final = failure(503, "Postgres is unavailable; retry.", "database_unavailable")
+STORES_DOWN: Final = failure(
+    503, "Redis or Postgres is unavailable.", "redis_unavailable", "database_unavailable"
+)
 
 
 @dataclass(frozen=True)

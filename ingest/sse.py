@@ -28,6 +28,7 @@ from .bodies import EVENT_ID_PATTERN, EventId, Exchange, SseDelta, SseDone, SseE
 from .chat import CHAT_ID, find_exchange
 from .openapi import (
     NO_SUCH_CHAT,
+    STORES_DOWN,
     UNAUTHENTICATED,
     USER_DELETED,
     Answer,
@@ -137,12 +138,7 @@ def resume_point(request: Request) -> str:
             UNAUTHENTICATED,
             USER_DELETED,
             NO_SUCH_CHAT,
-            failure(
-                503,
-                "Redis or Postgres is unavailable.",
-                "redis_unavailable",
-                "database_unavailable",
-            ),
+            STORES_DOWN,
         ],
     )
 )
