@@ -8,10 +8,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from core.logs import get_logger
+
 from .bodies import Alive, Readiness
 from .openapi import Answer, Operation, documented
 from .responses import BodyResponse
 from .state import IngestState
+
+log = get_logger(__name__)
 
 #: Seconds each readiness probe may take before it counts as failed.
 PROBE_TIMEOUT_S = 2.0
@@ -32,7 +36,12 @@ async def healthz(_request: Request) -> Response:
         "Readiness",
         [
             Answer(200, "Redis and Postgres answer.", Readiness),
-            Answer(503, "Redis or Postgres does not answer; checks says which.", Readiness),
+            Answer(
+                503,
+                "Redis or Postgres does not answer; checks says which (`unavailable`), and "
+                "the log says why.",
+                Readiness,
+            ),
         ],
     )
 )
@@ -44,11 +53,15 @@ async def readyz(request: Request) -> Response:
         *(asyncio.wait_for(check, PROBE_TIMEOUT_S) for check in checks.values()),
         return_exceptions=True,
     )
+    # The public answer names what failed; why (the exception) is for the operator's log.
     failures = {
-        name: f"{type(result).__name__}: {result}".rstrip(": ")
+        name: "unavailable"
         for name, result in zip(checks, results, strict=True)
         if isinstance(result, BaseException)
     }
+    for name, result in zip(checks, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("readiness_check_failed", check=name, error=type(result).__name__)
     body = Readiness(
         status="ready" if not failures else "unavailable",
         checks={name: failures.get(name, "ok") for name in checks},

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from core.queues import depth_keys, queue_depths
 
+from . import auth
 from .openapi import Answer, Operation, documented
 from .state import IngestState
 
@@ -101,12 +102,18 @@ async def read_queue_depths(client: aioredis.Redis) -> dict[str, int]:
         "metrics",
         "operations",
         "Prometheus metrics",
-        [Answer(200, "Prometheus's text format.", media_type="text/plain")],
+        [
+            Answer(200, "Prometheus's text format.", media_type="text/plain"),
+            Answer(401, "No service key: what the process counts is for its operators."),
+        ],
+        security=auth.SERVICE,
     )
 )
 async def metrics(request: Request) -> Response:
-    """Requests by route and status, webhook refusals, queue depths, process facts."""
+    """Requests by route and status, webhook refusals, queue depths, process facts, for a
+    scraper that sends a service key (Prometheus: `authorization: {credentials: ...}`)."""
     state = IngestState.of(request)
+    auth.require_service(auth.authenticate(request, state.settings))
     try:
         sizes = await read_queue_depths(state.redis)
     except redis.RedisError:

@@ -34,8 +34,7 @@ def test_readyz_names_what_failed_when_redis_is_down(
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["checks"]["postgres"] == "ok"
-    assert "ConnectionError" in body["checks"]["redis"]
+    assert body["checks"] == {"redis": "unavailable", "postgres": "ok"}  # no exception text
 
 
 def test_unknown_routes_answer_json_errors(http: httpx.Client) -> None:

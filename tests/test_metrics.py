@@ -31,16 +31,30 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_ingest_counts_requests_by_route_template_and_status(http: httpx.Client) -> None:
+def scrape(http: httpx.Client, settings: Settings) -> str:
+    """Ingest's /metrics, as a scraper with a service key reads it."""
+    response = http.get("/metrics", headers={"Authorization": f"Bearer {settings.api_keys[0]}"})
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_metrics_are_for_operators_only(http: httpx.Client, settings: Settings) -> None:
+    assert http.get("/metrics").status_code == 401
+    assert "aiwrap_http_requests_total" in scrape(http, settings)
+
+
+def test_ingest_counts_requests_by_route_template_and_status(
+    http: httpx.Client, settings: Settings
+) -> None:
     def unauthorized(text: str) -> float:
         return sample(text, "aiwrap_http_requests_total", route="/v1/chat/{id}", status="401") or 0
 
-    before = http.get("/metrics").text
+    before = scrape(http, settings)
     for _ in range(3):
         assert http.get("/healthz").status_code == 200
     for _ in range(2):  # no credentials: 401, counted under the route's template
         http.get(f"/v1/chat/{uuid.uuid4()}")
-    after = http.get("/metrics").text
+    after = scrape(http, settings)
     healthz = sample(after, "aiwrap_http_requests_total", route="/healthz", status="200") or 0
     assert (
         healthz
@@ -53,10 +67,12 @@ def test_ingest_counts_requests_by_route_template_and_status(http: httpx.Client)
     assert sample(after, "aiwrap_queue_depth", queue="chat") is not None
 
 
-def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None:
+def test_ingest_counts_webhook_verification_failures(
+    http: httpx.Client, settings: Settings
+) -> None:
     before = (
         sample(
-            http.get("/metrics").text,
+            scrape(http, settings),
             "aiwrap_webhook_verification_failures_total",
             reason="missing_svix_headers",
         )
@@ -65,7 +81,7 @@ def test_ingest_counts_webhook_verification_failures(http: httpx.Client) -> None
     response = http.post("/webhooks/clerk", content=b"{}")
     assert response.status_code == 400
     after = sample(
-        http.get("/metrics").text,
+        scrape(http, settings),
         "aiwrap_webhook_verification_failures_total",
         reason="missing_svix_headers",
     )
@@ -121,7 +137,7 @@ def test_the_supervisor_serves_the_sum_of_its_processes_metrics(
 
 
 def test_queue_depth_is_exactly_the_messages_on_the_queue(
-    http: httpx.Client, broker: WakingRedisBroker
+    http: httpx.Client, settings: Settings, broker: WakingRedisBroker
 ) -> None:
     broker.flush_all()  # the broker fixture's queues: nothing else is on them now
     ready, later = 3, 2
@@ -136,7 +152,7 @@ def test_queue_depth_is_exactly_the_messages_on_the_queue(
             ),
             delay=60_000 if n >= ready else None,  # a retry not yet due: the delay queue
         )
-    ingest = http.get("/metrics").text
+    ingest = scrape(http, settings)
     assert sample(ingest, "aiwrap_queue_depth", queue="identity") == ready + later
     assert sample(ingest, "aiwrap_queue_depth", queue="chat") == 0
     # The supervisor's scrape reads the same keys, through the sync client.

@@ -72,7 +72,10 @@ def client(stack: Stack, user_id: str | None, **options: Any) -> openai.OpenAI:
 
 def refusals(stack: Stack) -> float:
     """How many 402s ingest has answered on the route, from its /metrics."""
-    text = httpx.get(stack.url.removesuffix("/v1") + "/metrics").text
+    text = httpx.get(
+        stack.url.removesuffix("/v1") + "/metrics",
+        headers={"Authorization": f"Bearer {stack.settings.api_keys[0]}"},
+    ).text
     return (
         sample(text, "aiwrap_http_requests_total", route="/v1/chat/completions", status="402")
         or 0.0

@@ -272,7 +272,8 @@ def test_real_answers_match_the_documented_responses_of_every_operation(
     calls = [
         Call("GET", "/healthz", "/healthz", 200),
         Call("GET", "/readyz", "/readyz", 200),
-        Call("GET", "/metrics", "/metrics", 200),
+        Call("GET", "/metrics", "/metrics", 200, service),
+        Call("GET", "/metrics", "/metrics", 401),
         Call("GET", "/openapi.json", "/openapi.json", 200),
         Call("GET", "/docs", "/docs", 200),
         Call("GET", "/docs/assets/{name}", "/docs/assets/swagger-ui-bundle.js", 200),
