@@ -47,6 +47,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIWRAP_LOG_LEVEL", "INFO", "Lowest log level written."),
     Setting("AIWRAP_STREAM_TTL_SECONDS", "3600", "How long a finished chat stream stays readable."),
     Setting("AIWRAP_MAX_CHAT_BYTES", "262144", "Largest chat request body accepted, in bytes."),
+    Setting("AIWRAP_MAX_STREAMS", "500", "Streams one ingest process holds open at most."),
+    Setting("AIWRAP_USER_MAX_STREAMS", "20", "Streams one user may hold open in one process."),
     Setting(
         "AIWRAP_CORS_ORIGINS",
         "",
@@ -74,6 +76,8 @@ class Settings:
     stream_ttl_seconds: int = 3600
     max_chat_bytes: int = 262144
     cors_origins: tuple[str, ...] = ()
+    max_streams: int = 500
+    user_max_streams: int = 20
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
@@ -130,6 +134,10 @@ class Settings:
                 "AIWRAP_MAX_CHAT_BYTES", get("AIWRAP_MAX_CHAT_BYTES"), minimum=1024
             ),
             cors_origins=_origins(_csv(get("AIWRAP_CORS_ORIGINS"))),
+            max_streams=_int("AIWRAP_MAX_STREAMS", get("AIWRAP_MAX_STREAMS"), minimum=1),
+            user_max_streams=_int(
+                "AIWRAP_USER_MAX_STREAMS", get("AIWRAP_USER_MAX_STREAMS"), minimum=1
+            ),
         )
 
 

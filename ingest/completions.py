@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from core import streams
@@ -47,6 +47,7 @@ from .openai_bodies import (
 from .openapi import Answer, Operation, documented
 from .relay import chat_events
 from .requests import caller, prices, read_model
+from .slots import HeldStream
 from .state import IngestState
 
 #: OpenAI's error types, which the SDKs name their exceptions after, by status.
@@ -58,6 +59,7 @@ ERROR_TYPES: Final = {
     404: "not_found_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
 }
 #: The status of a chat that ended in an error before any output, by its code.
 ENDED_BEFORE_OUTPUT: Final = {
@@ -227,6 +229,13 @@ def who(calling: auth.Caller, body: CompletionRequest) -> str:
             Answer(402, "This month's token budget is used up.", OpenAIError),
             Answer(403, "The user was deleted in Clerk.", OpenAIError),
             Answer(413, "The body is over AIWRAP_MAX_CHAT_BYTES.", OpenAIError),
+            Answer(
+                429,
+                "The user or this server holds as many open streams as allowed "
+                "(AIWRAP_USER_MAX_STREAMS, AIWRAP_MAX_STREAMS); retry after Retry-After.",
+                OpenAIError,
+                headers={"Retry-After": {"schema": {"type": "string"}}},
+            ),
             Answer(502, "The model failed before any output.", OpenAIError),
             Answer(503, "Redis or Postgres is unavailable.", OpenAIError),
         ],
@@ -248,33 +257,37 @@ async def answer(request: Request) -> Response:
     calling = caller(request)  # credentials first: a 401 before any 400
     body = await read_model(request, CompletionRequest, state.settings.max_chat_bytes)
     user_id = who(calling, body)
-    job = await start_chat(
-        state,
-        user_id,
-        body.messages,
-        model=body.model,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        params=body.params,
-    )
-    events = chat_events(state.redis, job.id)
-    first = await first_event(events)
-    headers = {"X-Chat-Id": job.id}
-    if first.event == streams.ERROR:  # refused or failed before any output: a status
-        detail = error_detail(first)
-        status = ENDED_BEFORE_OUTPUT.get(detail["code"], 502)
-        return openai_error(status, detail["message"], detail["code"], headers=headers)
-    writer = Writer(job.id, job.model)
-    if not body.stream:
-        response = await writer.whole(first, events)
-        response.headers.update(headers)
-        return response
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return StreamingResponse(
-        writer.chunks(first, events, include_usage),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, **headers},
-    )
+    # The answer is read from a stream, so it takes a stream's slot, before the chat is
+    # queued: a 429 here queues nothing.
+    with state.streams.take(user_id) as slot:
+        job = await start_chat(
+            state,
+            user_id,
+            body.messages,
+            model=body.model,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            params=body.params,
+        )
+        events = chat_events(state.stream_redis, job.id)
+        first = await first_event(events)
+        headers = {"X-Chat-Id": job.id}
+        if first.event == streams.ERROR:  # refused or failed before any output: a status
+            detail = error_detail(first)
+            status = ENDED_BEFORE_OUTPUT.get(detail["code"], 502)
+            return openai_error(status, detail["message"], detail["code"], headers=headers)
+        writer = Writer(job.id, job.model)
+        if not body.stream:
+            response = await writer.whole(first, events)
+            response.headers.update(headers)
+            return response
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return HeldStream(
+            writer.chunks(first, events, include_usage),
+            slot=slot.pass_on(),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **headers},
+        )
 
 
 @documented(

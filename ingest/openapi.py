@@ -46,7 +46,7 @@ class Answer:
 
 def failure(status: int, description: str, *codes: str) -> Answer:
     """An error answer, `{"error": {"code", "message"}}` with one of `codes`."""
-    headers = {"Retry-After": {"schema": {"type": "string"}}} if status == 503 else {}
+    headers = {"Retry-After": {"schema": {"type": "string"}}} if status in (429, 503) else {}
     return Answer(status, description, codes=codes, headers=headers)
 
 
@@ -63,6 +63,12 @@ NO_SUCH_CHAT: Final = failure(
     404, "No chat with this id for this user (someone else's looks the same).", "not_found"
 )
 DATABASE_DOWN: Final = failure(503, "Postgres is unavailable; retry.", "database_unavailable")
+TOO_MANY_STREAMS: Final = failure(
+    429,
+    "The user (AIWRAP_USER_MAX_STREAMS) or this server (AIWRAP_MAX_STREAMS) holds as many "
+    "open streams as allowed; close one or retry after Retry-After seconds.",
+    "too_many_streams",
+)
 STORES_DOWN: Final = failure(
     503, "Redis or Postgres is unavailable.", "redis_unavailable", "database_unavailable"
 )

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from core import streams
@@ -29,6 +29,7 @@ from .chat import CHAT_ID, find_exchange
 from .openapi import (
     NO_SUCH_CHAT,
     STORES_DOWN,
+    TOO_MANY_STREAMS,
     UNAUTHENTICATED,
     USER_DELETED,
     Answer,
@@ -39,6 +40,7 @@ from .openapi import (
 )
 from .relay import chat_events
 from .requests import NotFound, caller, chat_id, database, redis_errors
+from .slots import HeldStream
 from .state import IngestState
 
 #: Tells EventSource to reconnect after this many milliseconds.
@@ -138,6 +140,7 @@ def resume_point(request: Request) -> str:
             UNAUTHENTICATED,
             USER_DELETED,
             NO_SUCH_CHAT,
+            TOO_MANY_STREAMS,
             STORES_DOWN,
         ],
     )
@@ -160,29 +163,31 @@ async def stream_chat(request: Request) -> Response:
         with redis_errors():
             return await streams.read_job_record_and_last_event(state.redis, job_id)
 
-    # Postgres and Redis at once: the stream's first event waits for neither twice.
-    _, (record, last) = await asyncio.gather(active(), job_record())
-    if record is None:
-        # The Redis stream expired (or never was): replay the finished exchange from Postgres.
-        exchange = await find_exchange(state, user_id, job_id)
-        if exchange.status in streams.FINAL_STATUSES and after == REPLAY_END_ID:
+    # The slot first: a stream past the caps costs no Postgres or Redis round trip.
+    with state.streams.take(user_id) as slot:
+        # Postgres and Redis at once: the stream's first event waits for neither twice.
+        _, (record, last) = await asyncio.gather(active(), job_record())
+        if record is None:
+            # The Redis stream expired (or never was): replay the exchange from Postgres.
+            exchange = await find_exchange(state, user_id, job_id)
+            if exchange.status in streams.FINAL_STATUSES and after == REPLAY_END_ID:
+                return at_the_end()
+            events = replay(exchange, after)
+        elif record.user_id != user_id:
+            raise NotFound()
+        elif last is not None and last.terminal and entry_order(after) >= entry_order(last.id):
             return at_the_end()
-        return StreamingResponse(
-            replay(exchange, after), media_type="text/event-stream", headers=SSE_HEADERS
+        else:
+            events = relay(state, job_id, after)
+        return HeldStream(
+            events, slot=slot.pass_on(), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    if record.user_id != user_id:
-        raise NotFound()
-    if last is not None and last.terminal and entry_order(after) >= entry_order(last.id):
-        return at_the_end()
-    return StreamingResponse(
-        relay(state, job_id, after), media_type="text/event-stream", headers=SSE_HEADERS
-    )
 
 
 async def relay(state: IngestState, job_id: str, after: str) -> AsyncIterator[str]:
     """The chat's Redis stream as SSE, from after `after` to its terminal event."""
     yield f"retry: {RETRY_MS}\n\n"
-    async for event in chat_events(state.redis, job_id, after):
+    async for event in chat_events(state.stream_redis, job_id, after):
         if event is None:
             yield ": keepalive\n\n"
         else:
