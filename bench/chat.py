@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             "OPENAI_API_KEY": "bench",
             "OPENAI_BASE_URL": f"http://{HOST}:{model_port}/v1",
             "AIWRAP_LOG_LEVEL": "WARNING",
+            # One bench user stands for many: the per-user limits would measure themselves.
+            "AIWRAP_USER_MAX_STREAMS": "100000",
+            "AIWRAP_MAX_STREAMS": "100000",
+            "AIWRAP_USER_REQUESTS_PER_MINUTE": "0",
         }
         model = spawn(
             stack,

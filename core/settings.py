@@ -50,6 +50,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIWRAP_MAX_STREAMS", "500", "Streams one ingest process holds open at most."),
     Setting("AIWRAP_USER_MAX_STREAMS", "20", "Streams one user may hold open in one process."),
     Setting(
+        "AIWRAP_USER_REQUESTS_PER_MINUTE",
+        "120",
+        "Chat requests one user may send per minute; 0: no limit.",
+    ),
+    Setting(
         "AIWRAP_CORS_ORIGINS",
         "",
         "Comma-separated origins whose pages may call /v1 from a browser; empty: none.",
@@ -78,6 +83,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_streams: int = 500
     user_max_streams: int = 20
+    user_requests_per_minute: int = 120
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
@@ -137,6 +143,11 @@ class Settings:
             max_streams=_int("AIWRAP_MAX_STREAMS", get("AIWRAP_MAX_STREAMS"), minimum=1),
             user_max_streams=_int(
                 "AIWRAP_USER_MAX_STREAMS", get("AIWRAP_USER_MAX_STREAMS"), minimum=1
+            ),
+            user_requests_per_minute=_int(
+                "AIWRAP_USER_REQUESTS_PER_MINUTE",
+                get("AIWRAP_USER_REQUESTS_PER_MINUTE"),
+                minimum=0,
             ),
         )
 

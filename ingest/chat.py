@@ -22,7 +22,7 @@ from core.jobs import ChatJob, new_job
 from core.messages import ChatId, ChatMessage, Message, ModelParams
 from core.queues import CHAT_QUEUE, RUN_CHAT
 
-from . import auth
+from . import auth, rates
 from .auth import ensure_active, require_user, user_deleted
 from .bodies import Cancelling, ChatAccepted, ChatRequest, Exchange
 from .errors import ApiError
@@ -87,6 +87,12 @@ CHAT_ID: Final = Parameter("id", "path", "The chat's id, as POST /v1/chat answer
             USER_DELETED,
             failure(413, "The body is over AIWRAP_MAX_CHAT_BYTES.", "request_too_large"),
             failure(
+                429,
+                "The user sent as many chat requests this minute as "
+                "AIWRAP_USER_REQUESTS_PER_MINUTE allows; retry after Retry-After seconds.",
+                "rate_limited",
+            ),
+            failure(
                 503,
                 "Redis or Postgres is unavailable; nothing was accepted. Retry.",
                 "queue_unavailable",
@@ -130,6 +136,7 @@ async def start_chat(
 ) -> ChatJob:
     """Admit a chat and queue it, or raise why not: the one way in, for the native
     route and the Chat Completions one alike. Without `model`, the user's default."""
+    await rates.count_request(state.redis, user_id, state.settings.user_requests_per_minute)
     if model is not None:
         check_priced(state, model)
     async with database(state) as conn:

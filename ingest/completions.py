@@ -232,7 +232,9 @@ def who(calling: auth.Caller, body: CompletionRequest) -> str:
             Answer(
                 429,
                 "The user or this server holds as many open streams as allowed "
-                "(AIWRAP_USER_MAX_STREAMS, AIWRAP_MAX_STREAMS); retry after Retry-After.",
+                "(AIWRAP_USER_MAX_STREAMS, AIWRAP_MAX_STREAMS), or the user sent as many "
+                "chat requests this minute as AIWRAP_USER_REQUESTS_PER_MINUTE allows; retry "
+                "after Retry-After.",
                 OpenAIError,
                 headers={"Retry-After": {"schema": {"type": "string"}}},
             ),

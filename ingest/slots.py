@@ -15,6 +15,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .errors import ApiError
+from .refusals import LIMITED
 
 #: Seconds a client is told to wait before it tries a stream again.
 RETRY_AFTER_S: Final = "2"
@@ -66,8 +67,10 @@ class StreamSlots:
     def take(self, user_id: str) -> Slot:
         """A slot for a new stream of `user_id`, or TooManyStreams."""
         if self.by_user.get(user_id, 0) >= self.per_user:
+            LIMITED.labels("streams").inc()
             raise TooManyStreams("This user")
         if self.open >= self.per_process:
+            LIMITED.labels("streams").inc()
             raise TooManyStreams("This server")
         self.open += 1
         self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
