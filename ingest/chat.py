@@ -136,7 +136,9 @@ async def start_chat(
 ) -> ChatJob:
     """Admit a chat and queue it, or raise why not: the one way in, for the native
     route and the Chat Completions one alike. Without `model`, the user's default."""
-    await rates.count_request(state.redis, user_id, state.settings.user_requests_per_minute)
+    await rates.count_request(
+        state.enqueuer.redis, user_id, state.settings.user_requests_per_minute
+    )
     if model is not None:
         check_priced(state, model)
     async with database(state) as conn:

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from core.queues import NAMESPACE
 
+from .enqueue import QueueUnavailable
 from .errors import ApiError
 from .refusals import LIMITED
 from .requests import redis_errors
@@ -44,7 +45,8 @@ async def count_request(client: aioredis.Redis, user_id: str, per_minute: int) -
     now = time.time()
     window = int(now // WINDOW_S)
     key = window_key(user_id, window)
-    with redis_errors():
+    # The count is the first step of queueing a chat: Redis down, the queue is down.
+    with redis_errors(QueueUnavailable):
         async with client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, 2 * WINDOW_S)

@@ -56,13 +56,15 @@ async def database(state: IngestState) -> AsyncIterator[Any]:
 
 
 @contextmanager
-def redis_errors() -> Iterator[None]:
-    """A Redis outage answered as 503."""
+def redis_errors(unavailable: Callable[[], ApiError] | None = None) -> Iterator[None]:
+    """A Redis outage answered as 503: `unavailable()`, or else `redis_unavailable`."""
     try:
         yield
     except Exception as error:
         if not is_transient(error):
             raise
+        if unavailable is not None:
+            raise unavailable() from error
         raise ApiError(
             503,
             "redis_unavailable",
