@@ -54,6 +54,11 @@ def with_settings(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)
 
 
+def behind_model(settings: Settings, model_url: str) -> Settings:
+    """`settings` with the local model server as the worker's OpenAI-compatible endpoint."""
+    return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+
+
 def aiwrap_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment an `aiwrap` subprocess needs to run with `settings`."""
     env = {

@@ -24,7 +24,7 @@ from devstack.tokens import new_key_pair, session_token
 from ingest.app import create_app
 from workers.broker import build_broker
 
-from .support import ServerThread, eventually
+from .support import ServerThread, behind_model, eventually
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -73,7 +73,7 @@ def test_a_page_from_another_origin_streams_a_completion_with_fetch(
 ) -> None:
     assert CHROMIUM is not None, "chromium is not installed"
     private, public = new_key_pair()
-    broker = build_broker(replace(settings, openai_base_url=model_url, openai_api_key="test-key"))
+    broker = build_broker(behind_model(settings, model_url))
     dramatiq.set_broker(broker)
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
     worker.start()

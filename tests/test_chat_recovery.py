@@ -39,13 +39,13 @@ from .chat_worker_support import (
     upstream_requests,
     usage_rows,
 )
-from .support import eventually
+from .support import behind_model, eventually
 
 
 @pytest.fixture
 def settings(settings: Settings, model_url: str) -> Settings:
     """The shared settings, with the local model server behind the worker."""
-    return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    return behind_model(settings, model_url)
 
 
 def test_a_redelivered_finished_job_does_nothing(

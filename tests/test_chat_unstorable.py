@@ -5,7 +5,6 @@ refuses for good is finished as an error with what is known."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import dramatiq
@@ -19,12 +18,13 @@ from devstack.replies import reply_text
 from workers.consumer import WakingRedisBroker
 
 from .chat_worker_support import Row, chat, events, log_row, streamed_text, terminal, usage_rows
+from .support import behind_model
 
 
 @pytest.fixture
 def settings(settings: Settings, model_url: str) -> Settings:
     """The shared settings, with the local model server behind the worker."""
-    return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    return behind_model(settings, model_url)
 
 
 def test_nul_from_the_caller_and_the_model_is_stored_marked_and_the_chat_is_metered(

@@ -4,7 +4,6 @@ one chat streams, logs and meters, and how upstream failures and refusals end.""
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import dramatiq
 import psycopg
@@ -29,12 +28,13 @@ from .chat_worker_support import (
     upstream_requests,
     usage_rows,
 )
+from .support import behind_model
 
 
 @pytest.fixture
 def settings(settings: Settings, model_url: str) -> Settings:
     """The shared settings, with the local model server behind the worker."""
-    return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    return behind_model(settings, model_url)
 
 
 def test_a_chat_is_streamed_logged_and_metered_exactly(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +23,7 @@ from devstack.clerk import signed_request
 from ingest.app import create_app
 
 from .chat_worker_support import Row
-from .support import ServerThread
+from .support import ServerThread, behind_model
 
 #: Strings a careless or hostile client sends: NUL, lone surrogates, control characters,
 #: right-to-left marks, emoji, and plain text.
@@ -156,7 +155,7 @@ def test_every_fuzzed_chat_that_was_accepted_ends_final_and_metered(
     # The chats of a fuzz run of its own, then a real worker drains them all.
     from workers.broker import build_broker
 
-    worker_settings = replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    worker_settings = behind_model(settings, model_url)
     broker = build_broker(worker_settings)
     dramatiq.set_broker(broker)
     broker.flush_all()

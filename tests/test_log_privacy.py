@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from urllib.parse import urlsplit
 
 import dramatiq
@@ -18,6 +17,7 @@ from workers.broker import build_broker
 from workers.consumer import WakingRedisBroker
 
 from .chat_worker_support import chat
+from .support import behind_model
 
 SSN = "078-05-1120"
 EMAIL = "private.person@example.com"
@@ -85,7 +85,7 @@ def test_a_chat_logs_neither_its_prompt_nor_the_model_endpoint(
     settings: Settings, model_url: str, capsys: pytest.CaptureFixture[str], user_id: str
 ) -> None:
     configure_logging("json", "INFO")
-    worker_settings = replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    worker_settings = behind_model(settings, model_url)
     broker = build_broker(worker_settings)
     dramatiq.set_broker(broker)
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)

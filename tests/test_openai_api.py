@@ -21,7 +21,7 @@ from ingest.app import create_app
 from workers.broker import build_broker
 
 from .chat_worker_support import Row
-from .support import ServerThread, eventually
+from .support import ServerThread, behind_model, eventually
 from .test_metrics import sample
 
 TOOLS: Any = [
@@ -47,7 +47,7 @@ class Stack:
 
 @pytest.fixture
 def stack(settings: Settings, model_url: str) -> Iterator[Stack]:
-    worker_settings = replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    worker_settings = behind_model(settings, model_url)
     broker = build_broker(worker_settings)
     dramatiq.set_broker(broker)
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from devstack.replies import reply_text
 from workers.chat.actor import enqueue_chat
 from workers.consumer import HEARTBEAT_TIMEOUT_MS, WakingRedisBroker
 
-from .support import aiwrap_worker, eventually, worker_processes
+from .support import aiwrap_worker, behind_model, eventually, worker_processes
 
 #: A dead worker's messages go back once its heartbeat is this stale and the
 #: next maintenance run (every MAINTENANCE_INTERVAL_S per queue) has happened.
@@ -28,7 +27,7 @@ REDELIVERY_BOUND_S = HEARTBEAT_TIMEOUT_MS / 1000 + WakingRedisBroker.MAINTENANCE
 
 @pytest.fixture
 def settings(settings: Settings, model_url: str) -> Settings:
-    return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    return behind_model(settings, model_url)
 
 
 def start_workers(settings: Settings, log: Path, *extra: str) -> subprocess.Popen[bytes]:

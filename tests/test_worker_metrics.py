@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 import dramatiq
@@ -18,12 +17,13 @@ from core.settings import Settings
 from workers.chat.actor import enqueue_chat
 from workers.consumer import WakingRedisBroker
 
-JOIN_MS = 30_000
+from .chat_worker_support import JOIN_MS
+from .support import behind_model
 
 
 @pytest.fixture
 def settings(settings: Settings, model_url: str) -> Settings:
-    return replace(settings, openai_base_url=model_url, openai_api_key="test-key")
+    return behind_model(settings, model_url)
 
 
 def value(name: str, **labels: str) -> float:
